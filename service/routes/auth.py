@@ -1,0 +1,51 @@
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.errors import InvalidCredentials
+from service.http import parse_body, parse_form
+from service.openapi import operation
+from service.queries import users
+from service.responses import respond
+from service.schemas import LoginForm, Token, UserCreate, UserPublic
+from service.state import app_state
+
+
+@operation(
+    summary="Register a user", tag="auth", body=UserCreate, response=UserPublic, status=201, errors=(409,), auth=False
+)
+async def register(request: Request) -> Response:
+    data = await parse_body(request, UserCreate)
+    state = app_state(request)
+    user = await users.create_user(
+        state.db,
+        email=str(data.email).lower(),
+        username=data.username,
+        hashed_password=await state.passwords.hash(data.password),
+    )
+    return respond(UserPublic.model_validate(user), status_code=201)
+
+
+@operation(
+    summary="Log in (OAuth2 password flow)", tag="auth", form=LoginForm, response=Token, errors=(401,), auth=False
+)
+async def token(request: Request) -> Response:
+    form = await parse_form(request, LoginForm)
+    state = app_state(request)
+    user = await users.find_by_login(state.db, login=form.username)
+    # Verified even for an unknown user, so both failures take the same time and look the same.
+    valid = await state.passwords.verify(user.hashed_password if user else None, form.password)
+    if user is None or not valid or not user.is_active:
+        raise InvalidCredentials()
+    if state.passwords.needs_rehash(user.hashed_password):
+        hashed = await state.passwords.hash(form.password)
+        await users.update_user(state.db, user_id=user.id, changes={"hashed_password": hashed})
+    access_token = state.tokens.issue(user.id)
+    body = Token(access_token=access_token, expires_in=state.tokens.lifetime_seconds)
+    return respond(body, headers={"Cache-Control": "no-store"})
+
+
+routes = [
+    Route("/auth/register", register, methods=["POST"]),
+    Route("/auth/token", token, methods=["POST"]),
+]

@@ -1,0 +1,104 @@
+"""`make run`: the servers, migrations, then the API (and its helpers) in the foreground until Ctrl-C."""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service import migrate
+from service.servers import Endpoints, provide
+from service.settings import PROJECT_DIR, Settings
+
+STOP_TIMEOUT = 6.0  # per child; the whole shutdown stays under 10 s
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+def dev_secret(settings: Settings) -> str:
+    """A JWT secret kept in .data/, so tokens survive a restart of `make run` (development only)."""
+    path = settings.data_dir / "jwt_secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def child_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
+    env = {**os.environ, **endpoints.as_env(), "PYTHONUNBUFFERED": "1"}
+    if settings.jwt_secret is None:
+        env["JWT_SECRET"] = dev_secret(settings)
+    return env
+
+
+def api_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+        "--host", settings.host, "--port", str(settings.port), "--timeout-graceful-shutdown", "5",
+    ]  # fmt: skip
+
+
+def spawn(name: str, argv: list[str], env: Mapping[str, str]) -> Child:
+    return Child(name, subprocess.Popen(argv, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL))
+
+
+def supervise(children: list[Child]) -> int:
+    """Wait for Ctrl-C / SIGTERM or for a child to die; then stop every child, newest first."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    failed = None
+    while not stop.wait(0.2):
+        failed = next((child for child in children if child.process.poll() is not None), None)
+        if failed is not None:
+            print(f"{failed.name} exited with status {failed.process.returncode}; stopping.", file=sys.stderr)
+            break
+    for child in reversed(children):
+        terminate(child.process)
+    return 0 if failed is None else 1
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def banner(settings: Settings, endpoints: Endpoints, extra: list[str]) -> str:
+    lines = [
+        f"API        http://{settings.host}:{settings.port}  (docs at /docs)",
+        f"PostgreSQL {endpoints.database_url}",
+        f"Redis      {endpoints.redis_url}",
+        *extra,
+        "Press Ctrl-C to stop everything.",
+    ]
+    return "\n".join(lines)
+
+
+def run(settings: Settings) -> int:
+    with provide(settings, start_embedded=True) as endpoints:
+        migrate.upgrade(endpoints.database_url)
+        env = child_env(settings, endpoints)
+        children = [spawn("api", api_command(settings), env)]
+        print(banner(settings, endpoints, []), flush=True)
+        return supervise(children)
+
+
+def serve_only(settings: Settings) -> int:
+    """`python -m service services`: just the servers, until Ctrl-C, for an API run from an IDE."""
+    with provide(settings, start_embedded=True) as endpoints:
+        migrate.upgrade(endpoints.database_url)
+        print(f"DATABASE_URL={endpoints.database_url}\nREDIS_URL={endpoints.redis_url}", flush=True)
+        return supervise([])

@@ -1,0 +1,178 @@
+"""Request and response models. Names show direction: *Create/*Update come in, *Public goes out."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+
+Username = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9_.-]{3,64}$")]
+Password = Annotated[str, Field(min_length=8, max_length=128)]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, Field(max_length=10_000)]
+Limit = Annotated[int, Field(ge=1, le=100)]
+Offset = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class Incoming(BaseModel):
+    """A client's input: unknown fields are refused, so owner, status or is_admin cannot be slipped in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Patch(Incoming):
+    """A partial update: fields left out stay as they are; null is accepted only where a value may be empty."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name not in cls.nullable:
+            raise ValueError("may not be null")
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class Outgoing(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# Auth and users
+
+
+class UserCreate(Incoming):
+    email: EmailStr = Field(max_length=320)
+    username: Username
+    password: Password
+
+
+class UserUpdate(Patch):
+    email: EmailStr | None = Field(default=None, max_length=320)
+    username: Username | None = None
+    password: Password | None = None
+
+
+class UserPublic(Outgoing):
+    id: int
+    email: str
+    username: str
+    is_active: bool
+    is_admin: bool
+    created_at: datetime
+
+
+class UserRecord(Outgoing):
+    """A user as stored, password hash included. Not a UserPublic, so it cannot be sent by mistake."""
+
+    id: int
+    email: str
+    username: str
+    is_active: bool
+    is_admin: bool
+    created_at: datetime
+    hashed_password: str
+
+
+class LoginForm(BaseModel):
+    # OAuth2 password flow (RFC 6749 4.3): grant_type, scope and client fields may come along.
+    username: Annotated[str, Field(min_length=1, max_length=320)]
+    password: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+# Items
+
+
+class ItemCreate(Incoming):
+    title: Title
+    description: Description | None = None
+
+
+class ItemUpdate(Patch):
+    nullable = frozenset({"description"})
+
+    title: Title | None = None
+    description: Description | None = None
+
+
+class ItemPublic(Outgoing):
+    id: int
+    owner_id: int
+    title: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# Tasks
+
+
+class TaskStatus(StrEnum):
+    TODO = "todo"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class TaskCreate(Incoming):
+    title: Title
+    description: Description | None = None
+    due_at: AwareDatetime | None = None
+    priority: Priority = Priority.NORMAL
+
+
+class TaskUpdate(Patch):
+    nullable = frozenset({"description", "due_at"})
+
+    title: Title | None = None
+    description: Description | None = None
+    due_at: AwareDatetime | None = None
+    priority: Priority | None = None
+    status: TaskStatus | None = None
+
+
+class TaskPublic(Outgoing):
+    id: int
+    owner_id: int
+    title: str
+    description: str | None
+    status: TaskStatus
+    priority: Priority
+    due_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Page(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: Limit = 50
+    offset: Offset = 0
+
+
+class TaskQuery(Page):
+    status: TaskStatus | None = None
+    due_before: AwareDatetime | None = None

@@ -1,0 +1,60 @@
+"""Configuration: the one place that reads the environment."""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+MIN_SECRET_BYTES = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class EmbeddedMode(StrEnum):
+    AUTO = "auto"  # local defaults when they answer, else embedded servers
+    ALWAYS = "always"  # embedded servers even when local ones answer
+    NEVER = "never"  # fail instead of starting embedded servers
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/taskmanager"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    embedded_servers: EmbeddedMode = EmbeddedMode.AUTO
+    data_dir: Path = PROJECT_DIR / ".data"
+
+    jwt_secret: SecretStr | None = None  # see service.security.signing_key
+    jwt_expire_minutes: int = Field(default=30, gt=0, le=60 * 24 * 30)
+    jwt_issuer: str = "taskmanager"
+    jwt_audience: str = "taskmanager-api"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "no-reply@taskmanager.local"
+    smtp_timeout: float = 10.0
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 64 * 1024
+    db_pool_min: int = 0
+    db_pool_max: int = 10
+    password_hash_concurrency: int = 2
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> Self:
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        if not secret and self.env is Environment.PRODUCTION:
+            raise ValueError("JWT_SECRET is required when ENV=production")
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
+        return self

@@ -1,0 +1,24 @@
+"""What the lifespan opens once per process, handed to every request."""
+
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from databases import Database
+from starlette.requests import Request
+
+from service.security import Passwords, Tokens
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    db: Database
+    redis: ArqRedis
+    passwords: Passwords
+    tokens: Tokens
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.state.app
+    return state

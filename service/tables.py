@@ -1,0 +1,95 @@
+"""The PostgreSQL schema as SQLAlchemy Core tables; alembic revisions are generated against it."""
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData(
+    naming_convention={
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _timestamps() -> list[sa.Column[object]]:
+    return [
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    ]
+
+
+def _owner() -> sa.Column[int]:
+    return sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("username", sa.String(64), nullable=False),
+    sa.Column("hashed_password", sa.String(255), nullable=False),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    *_timestamps(),
+    # Emails are stored lower-cased; usernames keep their case but are unique regardless of it.
+    sa.Index("uq_users_username_lower", sa.text("lower(username)"), unique=True),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    _owner(),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    *_timestamps(),
+    sa.Index("ix_items_owner_id", "owner_id", "id"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    _owner(),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="todo"),
+    sa.Column("priority", sa.String(16), nullable=False, server_default="normal"),
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
+    # The arq job that created the row: a re-run of that job hits this constraint instead of inserting twice.
+    sa.Column("job_id", sa.String(128), nullable=True, unique=True),
+    *_timestamps(),
+    sa.CheckConstraint("status IN ('todo', 'in_progress', 'done')", name="status"),
+    sa.CheckConstraint("priority IN ('low', 'normal', 'high', 'urgent')", name="priority"),
+    sa.Index("ix_tasks_owner_id", "owner_id", "id"),
+    sa.Index("ix_tasks_open_due_at", "due_at", postgresql_where=sa.text("status <> 'done'")),
+)
+
+# One row per job accepted by the API or started by cron: outlives arq's result TTL.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("queue_name", sa.String(64), nullable=False),
+    sa.Column("args", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("state", sa.String(16), nullable=False, server_default="PENDING"),
+    sa.Column("progress", JSONB, nullable=True),
+    sa.Column("result", JSONB, nullable=True),
+    sa.Column("error", JSONB, nullable=True),
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint(
+        "state IN ('PENDING', 'STARTED', 'PROGRESS', 'RETRY', 'SUCCESS', 'FAILURE', 'REVOKED')", name="state"
+    ),
+    sa.Index("ix_jobs_owner_id_enqueued_at", "owner_id", sa.text("enqueued_at DESC")),
+    sa.Index("ix_jobs_state_enqueued_at", "state", "enqueued_at"),
+    sa.Index("ix_jobs_name_enqueued_at", "name", "enqueued_at"),
+)

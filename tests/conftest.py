@@ -1,0 +1,165 @@
+"""Real servers for the suite: embedded PostgreSQL and Valkey in a temporary directory, started once.
+
+TEST_DATABASE_URL / TEST_REDIS_URL point the suite at servers of your own instead (it creates and
+migrates the database it is given, and flushes the Redis db it is given: never name your real ones).
+"""
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from databases import Database
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service import migrate
+from service.app import create_app
+from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.servers import ensure_database
+from service.settings import Environment, Settings
+from service.tables import metadata
+
+TEST_SECRET = "test-secret-" + "x" * 40
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Servers:
+    """The servers of this run; `postgres` / `valkey` are set when the suite owns them (and may kill them)."""
+
+    database_url: str
+    redis_url: str
+    postgres: EmbeddedPostgres | None = None
+    valkey: EmbeddedValkey | None = None
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    base = tmp_path_factory.mktemp("servers")
+    postgres = valkey = None
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    try:
+        if not database_url:
+            postgres = EmbeddedPostgres(base / "postgres")
+            postgres.start()
+            database_url = sa.make_url(postgres.url).set(database="taskmanager_test").render_as_string(False)
+        if not redis_url:
+            valkey = EmbeddedValkey(base / "valkey")
+            valkey.start()
+            redis_url = valkey.url
+        yield Servers(database_url, redis_url, postgres, valkey)
+    finally:
+        for server in (valkey, postgres):
+            if server is not None:
+                server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(servers: Servers) -> str:
+    asyncio.run(ensure_database(servers.database_url))
+    migrate.upgrade(servers.database_url)
+    return servers.database_url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, servers: Servers) -> Settings:
+    return Settings(
+        env=Environment.TEST,
+        database_url=database_url,
+        redis_url=servers.redis_url,
+        jwt_secret=TEST_SECRET,
+        max_body_bytes=16 * 1024,
+    )
+
+
+@pytest.fixture(scope="session")
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    async with Database(settings.database_url) as database:
+        yield database
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def empty_state(db: Database, redis: Redis) -> None:
+    """Empty tables and an empty Redis db (emptied before a test, so a failure stays inspectable)."""
+    names = ", ".join(table.name for table in metadata.sorted_tables)
+    await db.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    await redis.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def clean_state(request: pytest.FixtureRequest) -> None:
+    """Every test that touches the servers starts from empty state; pure unit tests start no server."""
+    if {"database_url", "settings", "client", "db", "redis"} & set(request.fixturenames):
+        request.getfixturevalue("empty_state")
+
+
+@asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[ASGIApp]:
+    """Enter the app's lifespan explicitly and hand its state to each request, as uvicorn does."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        yield with_state
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(create_app(settings)) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(settings) as http:
+        yield http
+
+
+async def register(client: httpx.AsyncClient, name: str, password: str = PASSWORD) -> dict[str, object]:
+    response = await client.post(
+        "/auth/register", json={"email": f"{name}@example.com", "username": name, "password": password}
+    )
+    assert response.status_code == 201, response.text
+    user: dict[str, object] = response.json()
+    return user
+
+
+async def login(client: httpx.AsyncClient, name: str, password: str = PASSWORD) -> dict[str, str]:
+    response = await client.post("/auth/token", data={"username": name, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@pytest.fixture
+def make_user(client: httpx.AsyncClient) -> Callable[[str], Awaitable[dict[str, str]]]:
+    """Register a user and return the auth headers of a fresh token."""
+
+    async def make(name: str) -> dict[str, str]:
+        await register(client, name)
+        return await login(client, name)
+
+    return make
+
+
+@pytest.fixture
+def project_dir() -> Path:
+    return Path(__file__).resolve().parent.parent
