@@ -7,9 +7,11 @@ from typing import Any
 from arq.connections import ArqRedis
 from databases import Database
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from service.errors import exception_handlers
+from service.middleware import BodySizeLimit
 from service.routes import auth, docs, health, items, tasks, users
 from service.security import Passwords, Tokens
 from service.settings import Settings
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=[*api_routes, *docs.routes(api_routes)],
+        middleware=[Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )

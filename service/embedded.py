@@ -32,10 +32,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if our owner is SIGKILLed, the kernel sends SIGTERM.
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None]:
+    """A preexec_fn: when the process that started the child dies, even by SIGKILL, the child gets signum."""
+
+    def set_parent_death_signal() -> None:  # runs in the child, between fork and exec
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+    return set_parent_death_signal
 
 
 def _package_dir(name: str) -> Path:
@@ -96,7 +100,12 @@ class _Server:
     def _spawn(self, argv: list[str], *, user: int | None = None) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, user=user, preexec_fn=_die_with_parent
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                user=user,
+                preexec_fn=die_with_parent(self._stop_signal),
             )
         return self.process
 

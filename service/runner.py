@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service import migrate
+from service.embedded import die_with_parent
 from service.servers import Endpoints, provide
 from service.settings import PROJECT_DIR, Settings
 
@@ -47,7 +48,10 @@ def api_command(settings: Settings) -> list[str]:
 
 
 def spawn(name: str, argv: list[str], env: Mapping[str, str]) -> Child:
-    return Child(name, subprocess.Popen(argv, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL))
+    process = subprocess.Popen(
+        argv, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM)
+    )
+    return Child(name, process)
 
 
 def supervise(children: list[Child]) -> int:

@@ -56,9 +56,7 @@ async def test_duplicate_email_or_username_is_409(
     client: httpx.AsyncClient, db: Database, email: str, username: str, message: str
 ) -> None:
     await register(client, "dave")
-    response = await client.post(
-        "/auth/register", json={"email": email, "username": username, "password": PASSWORD}
-    )
+    response = await client.post("/auth/register", json={"email": email, "username": username, "password": PASSWORD})
     assert response.status_code == 409
     assert response.json() == {"detail": message}
     assert await db.fetch_val("SELECT count(*) FROM users") == 1

@@ -1,0 +1,86 @@
+"""`make run`'s bootstrap as a new user meets it: embedded servers, Ctrl-C, a SIGKILL, a bad URL."""
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.embedded import free_port
+from tests.conftest import PASSWORD
+from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(data_dir: Path, port: int, log: Path) -> Proc:
+    env = clean_env(EMBEDDED_SERVERS="always", DATA_DIR=str(data_dir), PORT=str(port), SMTP_PORT=str(free_port()))
+    return start(python("-m", "service", "run"), env, log)
+
+
+def _register_and_login(base: str) -> None:
+    user = {"email": "newcomer@example.com", "username": "newcomer", "password": PASSWORD}
+    assert httpx.post(f"{base}/auth/register", json=user).status_code == 201
+    _login(base)
+
+
+def _login(base: str) -> None:
+    token = httpx.post(f"{base}/auth/token", data={"username": "newcomer", "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    me = httpx.get(f"{base}/users/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    assert me.json()["username"] == "newcomer"
+
+
+def test_run_serves_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with stopped_at_exit(_run(tmp_path / "data", port, tmp_path / "run1.log")) as run:
+        wait_http(f"{base}/readyz", run)
+        assert "127.0.0.1:5432" not in run.output()  # embedded, though local servers may answer
+        _register_and_login(base)
+
+        run.signal_group(signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert run.wait_group_gone(timeout=10) < 10
+    assert not (tmp_path / "data" / "services.env").exists()
+
+    with stopped_at_exit(_run(tmp_path / "data", port, tmp_path / "run2.log")) as again:
+        wait_http(f"{base}/readyz", again)
+        _login(base)  # the user registered before is still there
+        again.signal_group(signal.SIGINT)
+        again.wait_group_gone(timeout=10)
+
+
+@pytest.mark.parametrize("victim", ["group", "runner"])
+def test_run_recovers_after_sigkill(tmp_path: Path, victim: str) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with stopped_at_exit(_run(tmp_path / "data", port, tmp_path / "run1.log")) as run:
+        wait_http(f"{base}/readyz", run)
+        _register_and_login(base)
+        if victim == "group":
+            run.signal_group(signal.SIGKILL)  # everything dies at once: stale pid files stay behind
+        else:
+            run.process.kill()  # only the runner: its children must not outlive it
+        run.wait_group_gone(timeout=10)
+    assert (tmp_path / "data" / "postgres" / "postmaster.pid").exists() or victim == "runner"
+
+    with stopped_at_exit(_run(tmp_path / "data", port, tmp_path / "run2.log")) as again:
+        wait_http(f"{base}/readyz", again)
+        _login(base)
+        again.signal_group(signal.SIGINT)
+        again.wait_group_gone(timeout=10)
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "REDIS_URL"])
+def test_unreachable_configured_server_is_a_short_error(tmp_path: Path, variable: str) -> None:
+    scheme = "postgresql://postgres" if variable == "DATABASE_URL" else "redis://"
+    url = f"{scheme}@127.0.0.1:{free_port()}/0".replace("redis://@", "redis://")
+    env = clean_env(**{variable: url, "DATA_DIR": str(tmp_path / "data")})
+    run = start(python("-m", "service", "run"), env, tmp_path / "run.log")
+    assert run.process.wait(30) == 2
+    output = run.output()
+    assert url in output
+    assert f"{variable} is set in your environment" in output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()  # nothing created anywhere
