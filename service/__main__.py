@@ -1,4 +1,4 @@
-"""python -m service COMMAND: run | services | migrate | worker | promote-admin EMAIL."""
+"""python -m service COMMAND: run | services | migrate | worker | mailcatcher | promote-admin EMAIL."""
 
 import argparse
 import asyncio
@@ -7,7 +7,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service import migrate, runner
+from service import mailcatcher, migrate, runner
 from service.servers import ServerNotFound, provide
 from service.settings import Settings
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("services", help="only find or start PostgreSQL and Redis, until Ctrl-C")
     commands.add_parser("migrate", help="apply database migrations")
     commands.add_parser("worker", help="start one more arq worker (make worker)")
+    commands.add_parser("mailcatcher", help="a local SMTP server on SMTP_PORT that prints every email")
     promote = commands.add_parser("promote-admin", help="make an existing user an administrator")
     promote.add_argument("email")
     args, rest = parser.parse_known_args(argv)
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                 return migrate_only(settings)
             case "worker":
                 return worker(settings, rest)
+            case "mailcatcher":
+                asyncio.run(mailcatcher.run(settings.smtp_host, settings.smtp_port))
+                return 0
             case "promote-admin":
                 return promote_admin(settings, args.email)
     except (ServerNotFound, ValidationError) as exc:

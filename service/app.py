@@ -6,13 +6,16 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from databases import Database
+from redis.asyncio import ConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from service import jobcodec
 from service.errors import exception_handlers
 from service.middleware import BodySizeLimit
-from service.routes import auth, docs, health, items, tasks, users
+from service.requestid import RequestId
+from service.routes import auth, docs, health, items, jobs, reports, tasks, users
 from service.security import Passwords, Tokens
 from service.settings import Settings
 from service.state import AppState
@@ -25,15 +28,23 @@ def open_database(settings: Settings) -> Database:
 
 def open_redis(settings: Settings) -> ArqRedis:
     # Not arq's create_pool, which pings at creation and so would not start while Redis is down.
-    redis: ArqRedis = ArqRedis.from_url(
+    pool = ConnectionPool.from_url(
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
-    return redis
+    return ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    api_routes: list[BaseRoute] = [*auth.routes, *users.routes, *items.routes, *tasks.routes, *health.routes]
+    api_routes: list[BaseRoute] = [
+        *auth.routes,
+        *users.routes,
+        *items.routes,
+        *tasks.routes,
+        *jobs.routes,
+        *reports.routes,
+        *health.routes,
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -49,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=[*api_routes, *docs.routes(api_routes)],
-        middleware=[Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes)],
+        middleware=[Middleware(RequestId), Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -3,6 +3,7 @@
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +46,22 @@ def api_command(settings: Settings) -> list[str]:
         sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
         "--host", settings.host, "--port", str(settings.port), "--timeout-graceful-shutdown", "5",
     ]  # fmt: skip
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "arq", "jobs.worker.WorkerSettings"]
+
+
+def mailcatcher_command(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "service", "mailcatcher"]
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 def spawn(name: str, argv: list[str], env: Mapping[str, str]) -> Child:
@@ -95,8 +112,15 @@ def run(settings: Settings) -> int:
     with provide(settings, start_embedded=True) as endpoints:
         migrate.upgrade(endpoints.database_url)
         env = child_env(settings, endpoints)
-        children = [spawn("api", api_command(settings), env)]
-        print(banner(settings, endpoints, []), flush=True)
+        children, extra = [], []
+        if listening(settings.smtp_host, settings.smtp_port):
+            extra.append(f"SMTP       {settings.smtp_host}:{settings.smtp_port} (already listening: emails go there)")
+        else:
+            children.append(spawn("mail catcher", mailcatcher_command(settings), env))
+            extra.append(f"SMTP       {settings.smtp_host}:{settings.smtp_port} (mail catcher: emails print below)")
+        children.append(spawn("worker", worker_command(), env))
+        children.append(spawn("api", api_command(settings), env))
+        print(banner(settings, endpoints, extra), flush=True)
         return supervise(children)
 
 

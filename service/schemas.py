@@ -176,3 +176,93 @@ class Page(BaseModel):
 class TaskQuery(Page):
     status: TaskStatus | None = None
     due_before: AwareDatetime | None = None
+
+
+# Background jobs
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"  # accepted, waiting for a worker
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"  # running, and has reported progress
+    RETRY = "RETRY"  # failed transiently; waiting to run again
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"  # aborted by its owner or an admin
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+ACTIVE_STATES = frozenset(JobState) - FINAL_STATES
+
+
+class Progress(BaseModel):
+    current: int
+    total: int
+    percent: int
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobStatus(Outgoing):
+    """The status object of a background job."""
+
+    job_id: str
+    name: str
+    state: JobState
+    progress: Progress | None
+    result: Any
+    error: JobError | None
+    tries: int
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobRecord(JobStatus):
+    """A job as stored: its status, plus who asked for it and with what arguments."""
+
+    owner_id: int | None
+    queue_name: str
+    args: dict[str, Any]
+    request_id: str | None
+    version: int  # bumped by every change of state or progress
+
+    def status(self) -> JobStatus:
+        return JobStatus.model_validate(self.model_dump(include=set(JobStatus.model_fields)))
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status_url: str
+
+
+class SendEmailRequest(Incoming):
+    recipient_email: EmailStr = Field(max_length=320)
+    username: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class ReportRequest(Incoming):
+    pass
+
+
+Operand = (
+    Annotated[int, Field(ge=-(10**15), le=10**15)] | Annotated[float, Field(ge=-1e15, le=1e15, allow_inf_nan=False)]
+)
+
+
+class LongCalcRequest(Incoming):
+    a: Operand
+    b: Operand
+    step_seconds: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+
+class JobQuery(Page):
+    state: JobState | None = None
+    name: Annotated[str, Field(max_length=64)] | None = None

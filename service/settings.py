@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     db_pool_max: int = 10
     password_hash_concurrency: int = 2
 
+    # The worker: see jobs/worker.py and the README's "Worker" section.
+    worker_max_jobs: int = Field(default=20, ge=1, le=1000)
+    worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
+    job_max_tries: int = Field(default=8, ge=1, le=50)
+    retry_base_seconds: float = Field(default=2.0, gt=0, le=600)
+    reminder_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+
     @model_validator(mode="after")
     def _check_secret(self) -> Self:
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""

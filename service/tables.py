@@ -83,6 +83,7 @@ jobs = sa.Table(
     sa.Column("error", JSONB, nullable=True),
     sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
     sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
     sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
@@ -92,4 +93,29 @@ jobs = sa.Table(
     sa.Index("ix_jobs_owner_id_enqueued_at", "owner_id", sa.text("enqueued_at DESC")),
     sa.Index("ix_jobs_state_enqueued_at", "state", "enqueued_at"),
     sa.Index("ix_jobs_name_enqueued_at", "name", "enqueued_at"),
+)
+
+# Each email is claimed here before it is sent, so that a job run twice sends it once.
+emails = sa.Table(
+    "emails",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("recipient", sa.String(320), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("job_id", sa.String(128), nullable=True),
+    sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# Generated reports (CSV), kept in the database so that any API process can serve any worker's output.
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    _owner(),
+    sa.Column("job_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )

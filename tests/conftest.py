@@ -5,6 +5,7 @@ migrates the database it is given, and flushes the Redis db it is given: never n
 """
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -14,20 +15,24 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from arq.worker import Worker
 from databases import Database
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import migrate
+from jobs.worker import worker_options
+from service import mailcatcher, migrate
 from service.app import create_app
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.mailcatcher import CaughtMail
 from service.servers import ensure_database
 from service.settings import Environment, Settings
 from service.tables import metadata
 
 TEST_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery"
+DRAIN_TIMEOUT = 30  # seconds: a burst worker that has not emptied the queue by then is stuck
 
 
 @dataclass
@@ -69,15 +74,94 @@ def database_url(servers: Servers) -> str:
     return servers.database_url
 
 
+class MailBox:
+    """A real SMTP server (the project's mail catcher) in the test process, keeping what it catches."""
+
+    def __init__(self) -> None:
+        self.messages: list[CaughtMail] = []
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.refuse_next: list[str] = []  # SMTP replies (e.g. "421 ...") for the next DATA commands
+
+    def catch(self, mail: CaughtMail) -> None:
+        self.messages.append(mail)
+
+    async def start(self) -> None:
+        self.server = await mailcatcher.serve("127.0.0.1", self.port, self.catch, reject=self._reject)
+
+    def _reject(self) -> str | None:
+        return self.refuse_next.pop(0) if self.refuse_next else None
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+    def to(self, address: str) -> list[CaughtMail]:
+        return [mail for mail in self.messages if address in mail.recipients]
+
+
 @pytest.fixture(scope="session")
-def settings(database_url: str, servers: Servers) -> Settings:
+async def mailbox() -> AsyncIterator[MailBox]:
+    box = MailBox()
+    await box.start()
+    yield box
+    await box.stop()
+
+
+@pytest.fixture
+async def mail(mailbox: MailBox) -> AsyncIterator[MailBox]:
+    """The session's SMTP server, emptied for this test (and started again if a test stopped it)."""
+    mailbox.messages.clear()
+    mailbox.refuse_next.clear()
+    if mailbox.server is None:
+        await mailbox.start()
+    yield mailbox
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, servers: Servers, mailbox: MailBox) -> Settings:
     return Settings(
         env=Environment.TEST,
         database_url=database_url,
         redis_url=servers.redis_url,
         jwt_secret=TEST_SECRET,
         max_body_bytes=16 * 1024,
+        smtp_port=mailbox.port,
+        retry_base_seconds=0.05,
+        worker_poll_delay=0.01,
     )
+
+
+def make_worker(settings: Settings, *, burst: bool = True, cron: bool = False, **overrides: object) -> Worker:
+    options = worker_options(settings)
+    if not cron:
+        options["cron_jobs"] = []
+    return Worker(**{**options, "burst": burst, "poll_delay": 0.01, "handle_signals": False, **overrides})
+
+
+async def drain(settings: Settings, **overrides: object) -> Worker:
+    """Run an in-process arq worker until the queue is empty (retries included); its counters tell what ran."""
+    worker = make_worker(settings, **overrides)
+    try:
+        await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT)
+    finally:
+        await worker.close()
+    return worker
+
+
+@asynccontextmanager
+async def background_worker(settings: Settings, **overrides: object) -> AsyncIterator[Worker]:
+    """An in-process arq worker polling in the background for the duration of the block."""
+    worker = make_worker(settings, burst=False, **overrides)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @pytest.fixture(scope="session")

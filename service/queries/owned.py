@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from databases import Database
 from pydantic import BaseModel
 
+from service.queries.rows import as_dict
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -20,7 +22,7 @@ class Owned(Generic[M]):
         return sa.and_(self.table.c.id == row_id, self.table.c.owner_id == owner_id)
 
     def _one(self, row: Any) -> M:
-        return self.model.model_validate(dict(row._mapping))
+        return self.model.model_validate(as_dict(row))
 
     async def create(self, db: Database, *, owner_id: int, values: Mapping[str, Any]) -> M:
         query = self.table.insert().values(owner_id=owner_id, **values).returning(*self.table.c)

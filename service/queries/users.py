@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from service.errors import Conflict
+from service.queries.rows import as_dict
 from service.schemas import UserRecord
 from service.tables import users
 
@@ -13,7 +14,7 @@ _TAKEN = {"uq_users_email": "Email already registered", "uq_users_username_lower
 
 
 def _user(row: Any) -> UserRecord:
-    return UserRecord.model_validate(dict(row._mapping))
+    return UserRecord.model_validate(as_dict(row))
 
 
 def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:

@@ -2,6 +2,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service import dispatch
 from service.errors import InvalidCredentials
 from service.http import parse_body, parse_form
 from service.openapi import operation
@@ -17,12 +18,19 @@ from service.state import app_state
 async def register(request: Request) -> Response:
     data = await parse_body(request, UserCreate)
     state = app_state(request)
-    user = await users.create_user(
-        state.db,
-        email=str(data.email).lower(),
-        username=data.username,
-        hashed_password=await state.passwords.hash(data.password),
-    )
+    hashed_password = await state.passwords.hash(data.password)
+    async with state.db.transaction():  # the user and their welcome email's job, or neither
+        user = await users.create_user(
+            state.db, email=str(data.email).lower(), username=data.username, hashed_password=hashed_password
+        )
+        welcome = await dispatch.record_job(
+            state.db,
+            name="send_welcome_email",
+            owner_id=user.id,
+            args={"recipient_email": user.email, "username": user.username},
+            job_id=f"welcome-{user.id}",
+        )
+    await dispatch.enqueue(state.redis, welcome)
     return respond(UserPublic.model_validate(user), status_code=201)
 
 

@@ -1,9 +1,81 @@
+import hashlib
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import dispatch
+from service.auth import current_user
+from service.errors import APIError, NotFound
+from service.http import parse_body
+from service.openapi import operation
 from service.queries.tasks import task_filters, tasks
+from service.responses import respond
+from service.routes.jobs import accepted, own_job
 from service.routes.owned import OwnedEndpoints
-from service.schemas import TaskQuery, TaskUpdate
+from service.schemas import JobAccepted, JobStatus, TaskCreate, TaskQuery, TaskUpdate
+from service.state import app_state
 
 endpoints = OwnedEndpoints(
     noun="task", tag="tasks", store=tasks, update_model=TaskUpdate, query_model=TaskQuery, filters=task_filters
 )
 
-routes = [*endpoints.routes("/tasks")]
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values should be
+
+
+class BadIdempotencyKey(APIError):
+    status_code = 422
+    detail = "Idempotency-Key must be 1 to 255 visible ASCII characters"
+
+
+def task_job_id(owner_id: int, idempotency_key: str | None) -> str | None:
+    """The same key from the same user names the same job: the retried POST finds it instead of a new one."""
+    if idempotency_key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(idempotency_key):
+        raise BadIdempotencyKey()
+    return f"task-{owner_id}-{hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]}"
+
+
+def _status_url(job_id: str) -> str:
+    return f"/tasks/background/{job_id}/status"
+
+
+@operation(summary="Create a task (in the background)", tag="tasks", body=TaskCreate, response=JobAccepted, status=202,
+           errors=(422,))  # fmt: skip
+async def create_task(request: Request) -> Response:
+    user = await current_user(request)
+    data = await parse_body(request, TaskCreate)
+    job_id = task_job_id(user.id, request.headers.get("idempotency-key"))
+    args = {"owner_id": user.id, **data.model_dump(mode="json")}
+    state = app_state(request)
+    record = await dispatch.submit(
+        state.db, state.redis, name="process_new_task", owner_id=user.id, args=args, job_id=job_id
+    )
+    return accepted(record, _status_url(record.job_id))
+
+
+@operation(summary="Email yourself a reminder of a task", tag="tasks", response=JobAccepted, status=202, errors=(404,))
+async def remind(request: Request) -> Response:
+    user = await current_user(request)
+    state = app_state(request)
+    task = await tasks.get(state.db, owner_id=user.id, row_id=request.path_params["id"])
+    if task is None:
+        raise NotFound("Task not found")
+    args = {"task_id": task.id}
+    record = await dispatch.submit(state.db, state.redis, name="send_task_reminder_email", owner_id=user.id, args=args)
+    return accepted(record, _status_url(record.job_id))
+
+
+@operation(summary="The status of a background job of yours", tag="tasks", response=JobStatus, errors=(404,))
+async def background_status(request: Request) -> Response:
+    return respond((await own_job(request, await current_user(request))).status())
+
+
+routes = [
+    Route("/tasks", create_task, methods=["POST"]),
+    *endpoints.routes("/tasks"),
+    Route("/tasks/{id:int}/remind", remind, methods=["POST"]),
+    Route("/tasks/background/{job_id:str}/status", background_status, methods=["GET"]),
+]

@@ -1,0 +1,26 @@
+"""The arq `ctx` our jobs receive, typed (saq's Context, for arq)."""
+
+from datetime import datetime
+from typing import TypedDict
+
+from arq.connections import ArqRedis
+from databases import Database
+
+from service.settings import Settings
+
+
+class WorkerContext(TypedDict):
+    """Set once per worker process: by arq (redis) and by our on_startup."""
+
+    redis: ArqRedis
+    settings: Settings
+    db: Database
+
+
+class JobContext(WorkerContext):
+    """What each job run gets: the worker's context plus arq's facts about this run."""
+
+    job_id: str
+    job_try: int
+    enqueue_time: datetime
+    score: int

@@ -1,0 +1,117 @@
+"""Every job runs inside `job(...)`: its history row follows it (STARTED, PROGRESS, RETRY, SUCCESS,
+FAILURE), each change is published for live followers, and transient failures are retried with backoff.
+"""
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from arq import Retry
+from arq.cron import CronJob, cron
+from arq.typing import WorkerCoroutine
+from arq.worker import Function, func
+
+from jobs.context import JobContext
+from jobs.retry import backoff, is_transient
+from service import keys
+from service.events import publish
+from service.queries import jobs
+from service.requestid import request_id
+from service.schemas import JobRecord, JobState
+
+log = logging.getLogger(__name__)
+
+JobFunction = Callable[..., Awaitable[Any]]
+ARQ_TIMEOUT_GRACE = 5  # arq's own timeout fires this much later than ours, so ours is the one seen
+
+
+def scheduled(function: Function, **schedule: Any) -> CronJob:
+    """A cron entry for a job function: arq enqueues it on schedule, under a unique id per run."""
+    return cron(function.coroutine, name=function.name, timeout=function.timeout_s, unique=True, **schedule)
+
+
+def job(*, timeout: float, max_tries: int | None = None) -> Callable[[JobFunction], Function]:
+    """Register a job function with arq, under its own name, inside the job lifecycle."""
+
+    def register(function: JobFunction) -> Function:
+        @functools.wraps(function)
+        async def run(ctx: JobContext, **kwargs: Any) -> Any:
+            tries = max_tries or ctx["settings"].job_max_tries
+            return await _run(function, ctx, kwargs, timeout=timeout, max_tries=tries)
+
+        coroutine = cast(WorkerCoroutine, run)  # arq types ctx as a plain dict; ours is a TypedDict of it
+        return func(coroutine, name=function.__name__, timeout=timeout + ARQ_TIMEOUT_GRACE, max_tries=max_tries)
+
+    return register
+
+
+async def _run(
+    function: JobFunction, ctx: JobContext, kwargs: dict[str, Any], *, timeout: float, max_tries: int
+) -> Any:
+    db, job_id = ctx["db"], ctx["job_id"]
+    token = request_id.set(None)
+    try:
+        record = await jobs.start(
+            db, job_id=job_id, name=function.__name__, queue_name=keys.QUEUE, args=kwargs, tries=ctx["job_try"]
+        )
+        if record is None:  # already final: done by an earlier run, or revoked
+            log.info("job %s is already final; not running it again", job_id)
+            return None
+        request_id.set(record.request_id)
+        await publish(ctx["redis"], record)
+        async with asyncio.timeout(timeout):
+            result = await function(ctx, **kwargs)
+        await _changed(ctx, await jobs.finish(db, job_id=job_id, state=JobState.SUCCESS, result=result))
+        return result
+    except asyncio.CancelledError:
+        await asyncio.shield(_interrupted(ctx))
+        raise
+    except Retry:
+        raise
+    except Exception as error:
+        # Also reached when the bookkeeping itself fails (PostgreSQL down): the job then runs again,
+        # which every job function is written to survive.
+        await _failed(ctx, error, max_tries)
+        raise
+    finally:
+        request_id.reset(token)
+
+
+async def _changed(ctx: JobContext, record: JobRecord | None) -> None:
+    if record is not None:
+        await publish(ctx["redis"], record)
+
+
+def _error(error: BaseException) -> dict[str, str]:
+    message = str(error) or type(error).__name__
+    return {"type": type(error).__name__, "message": message[:2000]}
+
+
+async def _failed(ctx: JobContext, error: Exception, max_tries: int) -> None:
+    """RETRY (and raise arq's Retry) while tries remain for a transient error; FAILURE otherwise."""
+    tries = ctx["job_try"]
+    retry = is_transient(error) and tries < max_tries
+    details = _error(error)
+    if is_transient(error) and not retry:
+        details["message"] = f"gave up after {tries} tries: {details['message']}"
+    try:
+        if retry:
+            record = await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=JobState.RETRY, error=details)
+        else:
+            record = await jobs.finish(ctx["db"], job_id=ctx["job_id"], state=JobState.FAILURE, error=details)
+        await _changed(ctx, record)
+    except Exception as unrecorded:
+        if not (is_transient(unrecorded) and tries < max_tries):
+            raise
+        retry = True  # the outcome could not be recorded: run the job again rather than lose track of it
+    if retry:
+        raise Retry(defer=backoff(tries, base=ctx["settings"].retry_base_seconds)) from error
+
+
+async def _interrupted(ctx: JobContext) -> None:
+    """Cancelled: an abort (the row is REVOKED already, and stays so) or a worker shutting down
+    (arq runs the job again, so it waits as RETRY)."""
+    error = {"type": "Interrupted", "message": "the worker stopped during the job; it will run again"}
+    await _changed(ctx, await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=JobState.RETRY, error=error))

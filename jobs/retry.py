@@ -1,0 +1,42 @@
+"""Which failures are worth another try, and how long to wait before it. Pure functions."""
+
+import random
+from collections.abc import Callable
+
+import aiosmtplib
+import asyncpg
+import redis.exceptions
+
+
+class PermanentError(Exception):
+    """Retrying cannot help: bad input, a row that no longer exists."""
+
+
+# Connections refused or lost, timeouts, servers restarting or overloaded: these pass.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # includes ConnectionError, and aiosmtplib's SMTPConnectError / SMTPServerDisconnected
+    TimeoutError,  # includes aiosmtplib's SMTPTimeoutError
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, PermanentError):
+        return False
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return 400 <= error.code < 500  # SMTP 4xx: "try again later"; 5xx: refused for good
+    return isinstance(error, TRANSIENT)
+
+
+def backoff(attempt: int, *, base: float, cap: float = 300.0, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): exponential, capped, "equal jitter"
+    (half fixed, half random), so that jobs that failed together do not all come back together."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return float(ceiling / 2 + rand() * ceiling / 2)

@@ -1,0 +1,22 @@
+"""Every Redis key, channel and queue name the service and the worker share, in one namespace.
+
+arq's own keys (arq:job:*, arq:result:*, arq:in-progress:*, arq:abort) keep arq's names so that the
+arq CLI and any arq worker understand our jobs.
+"""
+
+from arq.constants import abort_jobs_ss, default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+
+PREFIX = "tm:"
+
+QUEUE = default_queue_name  # `arq jobs.worker.WorkerSettings` listens here, as any arq user expects
+
+JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change
+
+ARQ_JOB = job_key_prefix
+ARQ_RESULT = result_key_prefix
+ARQ_IN_PROGRESS = in_progress_key_prefix
+ARQ_ABORT = abort_jobs_ss
+
+
+def job_events(job_id: str) -> str:
+    return JOB_EVENTS + job_id

@@ -1,0 +1,127 @@
+"""The job history in PostgreSQL: the source of truth for every job's status, beyond arq's result TTL.
+
+Final states are sticky: every transition is guarded by `state IN (active states)`, so a late or
+duplicate update from a re-run or a racing worker cannot turn a REVOKED or SUCCESS job back.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+from sqlalchemy.dialects.postgresql import insert
+
+from service.queries.rows import as_dict
+from service.schemas import ACTIVE_STATES, JobQuery, JobRecord, JobState
+from service.tables import jobs
+
+_ACTIVE = [state.value for state in ACTIVE_STATES]
+
+
+def _record(row: Any) -> JobRecord:
+    return JobRecord.model_validate(as_dict(row))
+
+
+async def accept(
+    db: Database,
+    *,
+    job_id: str,
+    name: str,
+    queue_name: str,
+    owner_id: int | None,
+    args: Mapping[str, Any],
+    request_id: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """Record an accepted job as PENDING; (the record, True) if new, (the existing record, False) if not."""
+    query = (
+        insert(jobs)
+        .values(
+            job_id=job_id, name=name, queue_name=queue_name, owner_id=owner_id, args=dict(args), request_id=request_id
+        )
+        .on_conflict_do_nothing(index_elements=[jobs.c.job_id])
+        .returning(*jobs.c)
+    )
+    row = await db.fetch_one(query)
+    if row is not None:
+        return _record(row), True
+    existing = await get(db, job_id=job_id)
+    assert existing is not None  # the conflicting row exists: jobs are never deleted by job id
+    return existing, False
+
+
+async def get(db: Database, *, job_id: str, owner_id: int | None = None) -> JobRecord | None:
+    """The job; with owner_id, only if it is theirs."""
+    query = jobs.select().where(jobs.c.job_id == job_id)
+    if owner_id is not None:
+        query = query.where(jobs.c.owner_id == owner_id)
+    row = await db.fetch_one(query)
+    return None if row is None else _record(row)
+
+
+async def page(db: Database, *, owner_id: int | None, query: JobQuery) -> list[JobRecord]:
+    """Newest first; every job for owner_id None (admins), else that user's."""
+    select = jobs.select().order_by(jobs.c.enqueued_at.desc(), jobs.c.job_id).limit(query.limit).offset(query.offset)
+    if owner_id is not None:
+        select = select.where(jobs.c.owner_id == owner_id)
+    if query.state is not None:
+        select = select.where(jobs.c.state == query.state.value)
+    if query.name is not None:
+        select = select.where(jobs.c.name == query.name)
+    return [_record(row) for row in await db.fetch_all(select)]
+
+
+async def transition(db: Database, *, job_id: str, state: JobState, **values: Any) -> JobRecord | None:
+    """Move an active job to state (setting values too); None if it is unknown or already final."""
+    query = (
+        jobs.update()
+        .where(jobs.c.job_id == job_id, jobs.c.state.in_(_ACTIVE))
+        .values(state=state.value, version=jobs.c.version + 1, **values)
+        .returning(*jobs.c)
+    )
+    row = await db.fetch_one(query)
+    return None if row is None else _record(row)
+
+
+async def finish(db: Database, *, job_id: str, state: JobState, **values: Any) -> JobRecord | None:
+    """Move an active job to a final state, stamping finished_at; None if it is unknown or already final."""
+    assert state.is_final
+    return await transition(db, job_id=job_id, state=state, finished_at=sa.func.now(), **values)
+
+
+async def start(
+    db: Database, *, job_id: str, name: str, queue_name: str, args: Mapping[str, Any], tries: int
+) -> JobRecord | None:
+    """Mark the job STARTED, creating its row for jobs nobody accepted (cron); None if it is already final."""
+    values = {
+        "state": JobState.STARTED.value,
+        "tries": tries,
+        "started_at": sa.func.now(),
+        "error": None,
+        "progress": None,
+    }
+    query = (
+        insert(jobs)
+        .values(job_id=job_id, name=name, queue_name=queue_name, args=dict(args), **values)
+        .on_conflict_do_update(
+            index_elements=[jobs.c.job_id],
+            set_={**values, "version": jobs.c.version + 1},
+            where=jobs.c.state.in_(_ACTIVE),
+        )
+        .returning(*jobs.c)
+    )
+    row = await db.fetch_one(query)
+    return None if row is None else _record(row)
+
+
+async def waiting(db: Database, *, older_than_seconds: int, limit: int = 1000) -> list[JobRecord]:
+    """Jobs waiting for a worker (PENDING or RETRY) for longer than older_than_seconds, oldest first."""
+    query = (
+        jobs.select()
+        .where(
+            jobs.c.state.in_([JobState.PENDING.value, JobState.RETRY.value]),
+            jobs.c.enqueued_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds),
+        )
+        .order_by(jobs.c.enqueued_at)
+        .limit(limit)
+    )
+    return [_record(row) for row in await db.fetch_all(query)]

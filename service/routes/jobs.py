@@ -1,0 +1,116 @@
+"""Background jobs: the demo jobs, the status of any job of yours, its live events, abort."""
+
+import re
+
+from arq.utils import timestamp_ms
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from service import dispatch, keys
+from service.auth import current_user
+from service.errors import Conflict, NotFound
+from service.events import publish, status_events
+from service.http import parse_body, parse_query
+from service.openapi import operation
+from service.queries import jobs
+from service.responses import respond
+from service.schemas import (
+    JobAccepted,
+    JobQuery,
+    JobRecord,
+    JobState,
+    JobStatus,
+    LongCalcRequest,
+    ReportRequest,
+    SendEmailRequest,
+    UserRecord,
+)
+from service.state import app_state
+
+JOB_ID = re.compile(r"^[A-Za-z0-9:_.-]{1,128}$")
+
+
+def accepted(record: JobRecord, status_url: str) -> Response:
+    """202 with the job id and where to follow it."""
+    return respond(JobAccepted(job_id=record.job_id, status_url=status_url), 202, headers={"Location": status_url})
+
+
+async def own_job(request: Request, user: UserRecord) -> JobRecord:
+    """The job named in the path if it is the caller's; 404 otherwise (never a hint that it exists)."""
+    job_id: str = request.path_params["job_id"]
+    record = await jobs.get(app_state(request).db, job_id=job_id, owner_id=user.id) if JOB_ID.match(job_id) else None
+    if record is None:
+        raise NotFound("Job not found")
+    return record
+
+
+async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
+    user = await current_user(request)
+    state = app_state(request)
+    record = await dispatch.submit(state.db, state.redis, name=name, owner_id=user.id, args=args)
+    return accepted(record, f"/jobs/{record.job_id}")
+
+
+@operation(summary="Email someone (demo job)", tag="jobs", body=SendEmailRequest, response=JobAccepted, status=202)
+async def send_email(request: Request) -> Response:
+    data = await parse_body(request, SendEmailRequest)
+    return await _submit(request, "send_welcome_email", data.model_dump(mode="json"))
+
+
+@operation(summary="A CSV report of your tasks", tag="jobs", body=ReportRequest, response=JobAccepted, status=202)
+async def generate_report(request: Request) -> Response:
+    await parse_body(request, ReportRequest)
+    user = await current_user(request)
+    return await _submit(request, "generate_report", {"owner_id": user.id})
+
+
+@operation(summary="a + b, slowly, with progress", tag="jobs", body=LongCalcRequest, response=JobAccepted, status=202)
+async def long_calc(request: Request) -> Response:
+    data = await parse_body(request, LongCalcRequest)
+    return await _submit(request, "long_running_calculation", data.model_dump(mode="json"))
+
+
+@operation(summary="Your jobs, newest first", tag="jobs", query=JobQuery, response=JobStatus, many=True)
+async def list_jobs(request: Request) -> Response:
+    user = await current_user(request)
+    found = await jobs.page(app_state(request).db, owner_id=user.id, query=parse_query(request, JobQuery))
+    return respond([record.status() for record in found])
+
+
+@operation(summary="The status of one of your jobs", tag="jobs", response=JobStatus, errors=(404,))
+async def job_status(request: Request) -> Response:
+    return respond((await own_job(request, await current_user(request))).status())
+
+
+@operation(summary="Abort one of your queued or running jobs", tag="jobs", response=JobStatus, errors=(404, 409))
+async def abort_job(request: Request) -> Response:
+    record = await own_job(request, await current_user(request))
+    state = app_state(request)
+    revoked = await jobs.finish(state.db, job_id=record.job_id, state=JobState.REVOKED)
+    if revoked is None:
+        raise Conflict(f"Job already finished ({record.state})")
+    # Recorded first, so the worker, on seeing the cancellation, finds REVOKED and leaves it so.
+    await state.redis.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
+    await publish(state.redis, revoked)
+    return respond(revoked.status())
+
+
+@operation(summary="Your job's state and progress as Server-Sent Events", tag="jobs", errors=(404,),
+           media_type="text/event-stream")  # fmt: skip
+async def job_events(request: Request) -> Response:
+    record = await own_job(request, await current_user(request))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    stream = status_events(app_state(request), record.job_id)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+routes = [
+    Route("/jobs/send-email", send_email, methods=["POST"]),
+    Route("/jobs/generate-report", generate_report, methods=["POST"]),
+    Route("/jobs/long-calc", long_calc, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
+    Route("/jobs/{job_id:str}", job_status, methods=["GET"]),
+    Route("/jobs/{job_id:str}", abort_job, methods=["DELETE"]),
+    Route("/jobs/{job_id:str}/events", job_events, methods=["GET"]),
+]
