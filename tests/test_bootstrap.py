@@ -1,7 +1,9 @@
 """`make run`'s bootstrap as a new user meets it: embedded servers, Ctrl-C, a SIGKILL, a bad URL."""
 
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,11 +26,38 @@ def _register_and_login(base: str) -> None:
     _login(base)
 
 
-def _login(base: str) -> None:
+def _login(base: str) -> dict[str, str]:
     token = httpx.post(f"{base}/auth/token", data={"username": "newcomer", "password": PASSWORD})
     assert token.status_code == 200, token.text
-    me = httpx.get(f"{base}/users/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    me = httpx.get(f"{base}/users/me", headers=headers)
     assert me.json()["username"] == "newcomer"
+    return headers
+
+
+def _until(url: str, headers: dict[str, str], state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = httpx.get(url, headers=headers).json()
+        if body["state"] == state:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never reached {state}: {body}")
+
+
+def _create_task_and_get_reminded(base: str, run: Proc) -> None:
+    """The whole product through `make run`: the job runs, and the email shows in the mail catcher's output."""
+    headers = _login(base)
+    created = httpx.post(f"{base}/tasks", headers=headers, json={"title": "Feed the cat"})
+    assert created.status_code == 202
+    task_id = _until(f"{base}{created.headers['location']}", headers, "SUCCESS")["result"]["task_id"]
+    remind = httpx.post(f"{base}/tasks/{task_id}/remind", headers=headers)
+    _until(f"{base}{remind.headers['location']}", headers, "SUCCESS")
+    deadline = time.monotonic() + 10
+    while "Subject: Reminder: Feed the cat" not in run.output():
+        assert time.monotonic() < deadline, run.output()
+        time.sleep(0.1)
+    assert "Subject: Welcome to Task Manager, newcomer!" in run.output()
 
 
 def test_run_serves_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
@@ -38,6 +67,7 @@ def test_run_serves_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
         wait_http(f"{base}/readyz", run)
         assert "127.0.0.1:5432" not in run.output()  # embedded, though local servers may answer
         _register_and_login(base)
+        _create_task_and_get_reminded(base, run)
 
         run.signal_group(signal.SIGINT)  # what Ctrl-C in a terminal does
         assert run.wait_group_gone(timeout=10) < 10

@@ -1,0 +1,100 @@
+"""End to end: uvicorn and `arq jobs.worker.WorkerSettings` as real processes, driven over HTTP."""
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.embedded import free_port
+from service.settings import Settings
+from tests.conftest import PASSWORD, TEST_SECRET, MailBox
+from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Deployment:
+    base_url: str
+    api: Proc
+    worker: Proc
+    env: dict[str, str]
+
+
+@pytest.fixture
+async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> AsyncIterator[Deployment]:
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        JWT_SECRET=TEST_SECRET,
+        SMTP_PORT=str(mail.port),
+        WORKER_POLL_DELAY="0.01",
+    )
+    uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
+    with (
+        stopped_at_exit(start(uvicorn, env, tmp_path / "api.log")) as api,
+        stopped_at_exit(
+            start(python("-m", "arq", "jobs.worker.WorkerSettings"), env, tmp_path / "worker.log")
+        ) as worker,
+    ):
+        base_url = f"http://127.0.0.1:{port}"
+        await asyncio.to_thread(wait_http, f"{base_url}/readyz", api)
+        yield Deployment(base_url, api, worker, env)
+        for proc in (api, worker):
+            proc.signal_group(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait_group_gone, 15)
+        assert worker.process.returncode == 0, worker.output()
+
+
+async def _until(client: httpx.AsyncClient, url: str, headers: dict[str, str], state: str) -> dict[str, Any]:
+    for _ in range(300):
+        body: dict[str, Any] = (await client.get(url, headers=headers)).json()
+        if body["state"] == state:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never reached {state}: {body}")
+
+
+async def test_register_create_task_remind_over_real_processes(deployment: Deployment, mail: MailBox) -> None:
+    async with httpx.AsyncClient(base_url=deployment.base_url, timeout=10) as client:
+        user = {"email": "erin@example.com", "username": "erin", "password": PASSWORD}
+        assert (await client.post("/auth/register", json=user)).status_code == 201
+        token = (await client.post("/auth/token", data={"username": "erin", "password": PASSWORD})).json()
+        headers = {"Authorization": f"Bearer {token['access_token']}", "X-Request-ID": "e2e-request-1"}
+
+        created = await client.post("/tasks", headers=headers, json={"title": "Renew passport"})
+        assert created.status_code == 202
+        done = await _until(client, created.headers["location"], headers, "SUCCESS")
+        task_id = done["result"]["task_id"]
+        assert (await client.get(f"/tasks/{task_id}", headers=headers)).json()["title"] == "Renew passport"
+
+        remind = await client.post(f"/tasks/{task_id}/remind", headers=headers)
+        await _until(client, remind.json()["status_url"], headers, "SUCCESS")
+
+    subjects = sorted(m.subject for m in mail.to("erin@example.com"))
+    assert subjects == ["Reminder: Renew passport", "Welcome to Task Manager, erin!"]
+    reminder = next(m for m in mail.to("erin@example.com") if m.subject.startswith("Reminder"))
+    assert 'your task "Renew passport"' in reminder.body
+
+
+async def test_arq_check_reports_the_worker_health(deployment: Deployment) -> None:
+    def check() -> int:
+        arq = python("-m", "arq", "jobs.worker.WorkerSettings", "--check")
+        return subprocess.run(arq, env=deployment.env, capture_output=True, timeout=30).returncode
+
+    for _ in range(100):  # the worker records its health right after it starts
+        if await asyncio.to_thread(check) == 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("arq --check never passed against a running worker")
+    deployment.worker.signal_group(signal.SIGTERM)
+    await asyncio.to_thread(deployment.worker.wait_group_gone, 15)
+    assert await asyncio.to_thread(check) == 1  # a stopped worker removes its health key
