@@ -6,6 +6,7 @@ from typing import TypedDict
 from arq.connections import ArqRedis
 from databases import Database
 
+from jobs.heartbeat import WorkerStats
 from service.settings import Settings
 
 
@@ -15,6 +16,7 @@ class WorkerContext(TypedDict):
     redis: ArqRedis
     settings: Settings
     db: Database
+    stats: WorkerStats
 
 
 class JobContext(WorkerContext):

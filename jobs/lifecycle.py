@@ -1,10 +1,13 @@
 """Every job runs inside `job(...)`: its history row follows it (STARTED, PROGRESS, RETRY, SUCCESS,
-FAILURE), each change is published for live followers, and transient failures are retried with backoff.
+FAILURE), each change is published for live followers and counted in the metrics, transient
+failures are retried with backoff, and its start and end are logged with the request id that
+asked for it.
 """
 
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -17,11 +20,12 @@ from jobs.context import JobContext
 from jobs.retry import backoff, is_transient
 from service import keys
 from service.events import publish
+from service.metrics import count_job_event, observe_job_duration
 from service.queries import jobs
 from service.requestid import request_id
 from service.schemas import JobRecord, JobState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jobs")
 
 JobFunction = Callable[..., Awaitable[Any]]
 ARQ_TIMEOUT_GRACE = 5  # arq's own timeout fires this much later than ours, so ours is the one seen
@@ -50,20 +54,25 @@ def job(*, timeout: float, max_tries: int | None = None) -> Callable[[JobFunctio
 async def _run(
     function: JobFunction, ctx: JobContext, kwargs: dict[str, Any], *, timeout: float, max_tries: int
 ) -> Any:
-    db, job_id = ctx["db"], ctx["job_id"]
+    name, job_id, stats = function.__name__, ctx["job_id"], ctx["stats"]
     token = request_id.set(None)
+    started = time.perf_counter()
+    stats.ongoing += 1
     try:
         record = await jobs.start(
-            db, job_id=job_id, name=function.__name__, queue_name=keys.QUEUE, args=kwargs, tries=ctx["job_try"]
+            ctx["db"], job_id=job_id, name=name, queue_name=keys.QUEUE, args=kwargs, tries=ctx["job_try"]
         )
         if record is None:  # already final: done by an earlier run, or revoked
-            log.info("job %s is already final; not running it again", job_id)
+            log.info("job %s %s is already final; not running it again", name, job_id)
             return None
         request_id.set(record.request_id)
-        await publish(ctx["redis"], record)
+        log.info("job started", extra={"job": name, "job_id": job_id, "try": ctx["job_try"]})
+        await _changed(ctx, record, "started")
         async with asyncio.timeout(timeout):
             result = await function(ctx, **kwargs)
-        await _changed(ctx, await jobs.finish(db, job_id=job_id, state=JobState.SUCCESS, result=result))
+        await _changed(ctx, await jobs.finish(ctx["db"], job_id=job_id, state=JobState.SUCCESS, result=result))
+        await _ended(ctx, name, "succeeded", started)
+        stats.complete += 1
         return result
     except asyncio.CancelledError:
         await asyncio.shield(_interrupted(ctx))
@@ -73,15 +82,30 @@ async def _run(
     except Exception as error:
         # Also reached when the bookkeeping itself fails (PostgreSQL down): the job then runs again,
         # which every job function is written to survive.
-        await _failed(ctx, error, max_tries)
+        await _failed(ctx, name, error, max_tries, started)
         raise
     finally:
+        stats.ongoing -= 1
         request_id.reset(token)
 
 
-async def _changed(ctx: JobContext, record: JobRecord | None) -> None:
+async def _changed(ctx: JobContext, record: JobRecord | None, event: str | None = None) -> None:
     if record is not None:
         await publish(ctx["redis"], record)
+        if event is not None:
+            await count_job_event(ctx["redis"], record.name, event)
+
+
+async def _ended(ctx: JobContext, name: str, outcome: str, started: float) -> None:
+    seconds = time.perf_counter() - started
+    log.info(
+        "job %s",
+        outcome,
+        extra={"job": name, "job_id": ctx["job_id"], "try": ctx["job_try"], "duration_ms": round(seconds * 1000, 1)},
+    )
+    await count_job_event(ctx["redis"], name, outcome)
+    if outcome != "retried":
+        await observe_job_duration(ctx["redis"], name, seconds)
 
 
 def _error(error: BaseException) -> dict[str, str]:
@@ -89,7 +113,7 @@ def _error(error: BaseException) -> dict[str, str]:
     return {"type": type(error).__name__, "message": message[:2000]}
 
 
-async def _failed(ctx: JobContext, error: Exception, max_tries: int) -> None:
+async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, started: float) -> None:
     """RETRY (and raise arq's Retry) while tries remain for a transient error; FAILURE otherwise."""
     tries = ctx["job_try"]
     retry = is_transient(error) and tries < max_tries
@@ -106,8 +130,11 @@ async def _failed(ctx: JobContext, error: Exception, max_tries: int) -> None:
         if not (is_transient(unrecorded) and tries < max_tries):
             raise
         retry = True  # the outcome could not be recorded: run the job again rather than lose track of it
+    await _ended(ctx, name, "retried" if retry else "failed", started)
     if retry:
+        ctx["stats"].retried += 1
         raise Retry(defer=backoff(tries, base=ctx["settings"].retry_base_seconds)) from error
+    ctx["stats"].failed += 1
 
 
 async def _interrupted(ctx: JobContext) -> None:

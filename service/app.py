@@ -6,16 +6,19 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from databases import Database
+from prometheus_client import CollectorRegistry
 from redis.asyncio import ConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from service import jobcodec
 from service.errors import exception_handlers
-from service.middleware import BodySizeLimit
+from service.logs import configure_logging
+from service.metrics import HttpMetrics
+from service.middleware import BodySizeLimit, Telemetry
 from service.requestid import RequestId
-from service.routes import auth, docs, health, items, jobs, reports, tasks, users
+from service.routes import auth, docs, items, jobs, operations, reports, tasks, users
 from service.security import Passwords, Tokens
 from service.settings import Settings
 from service.state import AppState
@@ -35,7 +38,11 @@ def open_redis(settings: Settings) -> ArqRedis:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings()
+    """The app for these settings. Called without any (as `uvicorn --factory` does), it reads them from
+    the environment and, being the process's entry point, sets up its logging."""
+    if settings is None:
+        settings = Settings()
+        configure_logging(settings)
     api_routes: list[BaseRoute] = [
         *auth.routes,
         *users.routes,
@@ -43,8 +50,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *tasks.routes,
         *jobs.routes,
         *reports.routes,
-        *health.routes,
+        *operations.routes,
     ]
+    routes = [*api_routes, *docs.routes(api_routes)]
+    http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
+    route_names = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -53,14 +63,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await db.connect()
         try:
             passwords = Passwords(settings.password_hash_concurrency)
-            yield {"app": AppState(settings, db, redis, passwords, Tokens.from_settings(settings))}
+            tokens = Tokens.from_settings(settings)
+            yield {"app": AppState(settings, db, redis, passwords, tokens, http_metrics)}
         finally:
             await redis.aclose()
             await db.disconnect()
 
     return Starlette(
-        routes=[*api_routes, *docs.routes(api_routes)],
-        middleware=[Middleware(RequestId), Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes)],
+        routes=routes,
+        middleware=[
+            Middleware(RequestId),
+            Middleware(Telemetry, metrics=http_metrics, route_names=route_names, access_log=settings.access_log),
+            Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -15,6 +15,7 @@ from databases import Database
 
 from service import keys
 from service.errors import APIError
+from service.metrics import count_job_event
 from service.queries import jobs
 from service.requestid import request_id
 from service.schemas import JobRecord
@@ -64,7 +65,12 @@ async def record_job(
 async def enqueue(pool: ArqRedis, record: JobRecord) -> None:
     """Put the recorded job on arq's queue; a no-op while arq still holds it or its result."""
     try:
-        await pool.enqueue_job(record.name, _job_id=record.job_id, _queue_name=record.queue_name, **record.args)
+        queued = await pool.enqueue_job(
+            record.name, _job_id=record.job_id, _queue_name=record.queue_name, **record.args
+        )
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         # Accepted all the same: the row is durable and the reconciler enqueues it once Redis is back.
         log.warning("job %s recorded but not enqueued (%r); the reconciler will enqueue it", record.job_id, exc)
+        return
+    if queued is not None:
+        await count_job_event(pool, record.name, "enqueued")

@@ -12,6 +12,14 @@ QUEUE = default_queue_name  # `arq jobs.worker.WorkerSettings` listens here, as 
 
 JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change
 
+METRICS_JOB_EVENTS = PREFIX + "metrics:job-events"  # hash "name|event" -> count, for every process
+METRICS_JOB_DURATION = PREFIX + "metrics:job-duration"  # hash "name|bucket" -> count, "name|sum" -> seconds
+
+WORKERS = PREFIX + "workers"  # sorted set: worker id -> last heartbeat (ms)
+WORKER = PREFIX + "worker:"  # + worker id: a hash describing it, expiring unless refreshed
+WORKER_BEAT_SECONDS = 2.0
+WORKER_EXPIRES_SECONDS = 10  # a worker silent this long is gone
+
 ARQ_JOB = job_key_prefix
 ARQ_RESULT = result_key_prefix
 ARQ_IN_PROGRESS = in_progress_key_prefix

@@ -1,10 +1,18 @@
 """ASGI middleware of our own."""
 
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.metrics import HttpMetrics
 from service.responses import JSONResponse
+
+access_log = logging.getLogger("service.access")
 
 TOO_LARGE = "Content Too Large"
 
@@ -37,3 +45,42 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class Telemetry:
+    """Per request: one access log line (with the request id) and the HTTP metrics, by route template."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: HttpMetrics, route_names: Mapping[Any, str], access_log: bool = True
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.route_names = route_names
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            seconds = time.perf_counter() - started
+            route = self.route_names.get(scope.get("endpoint"), "unmatched")
+            self.metrics.observe(scope["method"], route, status, seconds)
+            if self.access_log:
+                access_log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={"route": route, "duration_ms": round(seconds * 1000, 1)},
+                )

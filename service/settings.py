@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     db_pool_min: int = 0
     db_pool_max: int = 10
     password_hash_concurrency: int = 2
+    access_log: bool = True
+    # Set (with the same value for every API process on a host) to serve all their HTTP metrics.
+    prometheus_multiproc_dir: Path | None = None
 
     # The worker: see jobs/worker.py and the README's "Worker" section.
     worker_max_jobs: int = Field(default=20, ge=1, le=1000)
@@ -56,6 +59,7 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=2.0, gt=0, le=600)
     reminder_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    worker_shutdown_grace: int = Field(default=20, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _check_secret(self) -> Self:

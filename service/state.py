@@ -6,6 +6,7 @@ from arq.connections import ArqRedis
 from databases import Database
 from starlette.requests import Request
 
+from service.metrics import HttpMetrics
 from service.security import Passwords, Tokens
 from service.settings import Settings
 
@@ -17,6 +18,7 @@ class AppState:
     redis: ArqRedis
     passwords: Passwords
     tokens: Tokens
+    http_metrics: HttpMetrics
 
 
 def app_state(request: Request) -> AppState:

@@ -11,17 +11,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from arq.worker import Worker
+from arq.worker import Worker, create_worker
 from databases import Database
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobs.worker import worker_options
+from jobs.worker import worker_settings
 from service import mailcatcher, migrate
 from service.app import create_app
 from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
@@ -134,14 +135,14 @@ def settings(database_url: str, servers: Servers, mailbox: MailBox) -> Settings:
     )
 
 
-def make_worker(settings: Settings, *, burst: bool = True, cron: bool = False, **overrides: object) -> Worker:
-    options = worker_options(settings)
+def make_worker(settings: Settings, *, burst: bool = True, cron: bool = False, **overrides: Any) -> Worker:
+    options = {"burst": burst, "poll_delay": 0.01, "handle_signals": False, **overrides}
     if not cron:
         options["cron_jobs"] = []
-    return Worker(**{**options, "burst": burst, "poll_delay": 0.01, "handle_signals": False, **overrides})
+    return create_worker(worker_settings(settings), **options)
 
 
-async def drain(settings: Settings, **overrides: object) -> Worker:
+async def drain(settings: Settings, **overrides: Any) -> Worker:
     """Run an in-process arq worker until the queue is empty (retries included); its counters tell what ran."""
     worker = make_worker(settings, **overrides)
     try:
@@ -152,7 +153,7 @@ async def drain(settings: Settings, **overrides: object) -> Worker:
 
 
 @asynccontextmanager
-async def background_worker(settings: Settings, **overrides: object) -> AsyncIterator[Worker]:
+async def background_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
     """An in-process arq worker polling in the background for the duration of the block."""
     worker = make_worker(settings, burst=False, **overrides)
     task = asyncio.create_task(worker.async_run())

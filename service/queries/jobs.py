@@ -125,3 +125,8 @@ async def waiting(db: Database, *, older_than_seconds: int, limit: int = 1000) -
         .limit(limit)
     )
     return [_record(row) for row in await db.fetch_all(query)]
+
+
+async def count_running(db: Database) -> int:
+    query = sa.select(sa.func.count()).where(jobs.c.state.in_([JobState.STARTED.value, JobState.PROGRESS.value]))
+    return int(await db.fetch_val(query))

@@ -12,6 +12,7 @@ from service.auth import current_user
 from service.errors import Conflict, NotFound
 from service.events import publish, status_events
 from service.http import parse_body, parse_query
+from service.metrics import count_job_event
 from service.openapi import operation
 from service.queries import jobs
 from service.responses import respond
@@ -93,6 +94,7 @@ async def abort_job(request: Request) -> Response:
     # Recorded first, so the worker, on seeing the cancellation, finds REVOKED and leaves it so.
     await state.redis.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
     await publish(state.redis, revoked)
+    await count_job_event(state.redis, revoked.name, "aborted")
     return respond(revoked.status())
 
 

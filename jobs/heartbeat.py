@@ -1,0 +1,62 @@
+"""Each worker's own heartbeat: who it is and what it has done, refreshed every few seconds.
+
+arq has one health-check key per queue, refreshed hourly by default and overwritten by every
+worker; the dashboard needs each worker, alive or not, within seconds.
+"""
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service import keys
+
+BEAT_SECONDS = keys.WORKER_BEAT_SECONDS
+EXPIRES_SECONDS = keys.WORKER_EXPIRES_SECONDS
+
+
+@dataclass
+class WorkerStats:
+    """Counted by the job lifecycle in this worker process."""
+
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    queue: str = keys.QUEUE
+    started_at: float = field(default_factory=time.time)
+    complete: int = 0
+    failed: int = 0
+    retried: int = 0
+    ongoing: int = 0
+
+
+async def beat(redis: Redis, stats: WorkerStats) -> None:
+    now = time.time()
+    key = keys.WORKER + stats.worker_id
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping={**{k: str(v) for k, v in asdict(stats).items()}, "last_beat": str(now)})
+        pipe.expire(key, EXPIRES_SECONDS)
+        pipe.zadd(keys.WORKERS, {stats.worker_id: int(now * 1000)})
+        pipe.zremrangebyscore(keys.WORKERS, 0, int((now - EXPIRES_SECONDS) * 1000))
+        await pipe.execute()
+
+
+async def run_heartbeat(redis: Redis, stats: WorkerStats) -> None:
+    """Beat until cancelled; a Redis outage skips beats, it does not stop them."""
+    while True:
+        with contextlib.suppress(RedisError, OSError):
+            await beat(redis, stats)
+        await asyncio.sleep(BEAT_SECONDS)
+
+
+async def leave(redis: Redis, stats: WorkerStats) -> None:
+    """Stopping cleanly: off the list at once rather than after EXPIRES_SECONDS."""
+    with contextlib.suppress(RedisError, OSError):
+        await redis.zrem(keys.WORKERS, stats.worker_id)
+        await redis.delete(keys.WORKER + stats.worker_id)
