@@ -25,6 +25,13 @@ class Deployment:
     api: Proc
     worker: Proc
     env: dict[str, str]
+    directory: Path
+
+    async def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=10)
+
+    def start_worker(self, name: str) -> Proc:
+        return start(python("-m", "arq", "jobs.worker.WorkerSettings"), self.env, self.directory / f"{name}.log")
 
 
 @pytest.fixture
@@ -36,6 +43,7 @@ async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> Async
         JWT_SECRET=TEST_SECRET,
         SMTP_PORT=str(mail.port),
         WORKER_POLL_DELAY="0.01",
+        WORKER_SHUTDOWN_GRACE="8",
     )
     uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
     with (
@@ -46,7 +54,7 @@ async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> Async
     ):
         base_url = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(wait_http, f"{base_url}/readyz", api)
-        yield Deployment(base_url, api, worker, env)
+        yield Deployment(base_url, api, worker, env, tmp_path)
         for proc in (api, worker):
             proc.signal_group(signal.SIGTERM)
             await asyncio.to_thread(proc.wait_group_gone, 15)
@@ -98,3 +106,56 @@ async def test_arq_check_reports_the_worker_health(deployment: Deployment) -> No
     deployment.worker.signal_group(signal.SIGTERM)
     await asyncio.to_thread(deployment.worker.wait_group_gone, 15)
     assert await asyncio.to_thread(check) == 1  # a stopped worker removes its health key
+
+
+async def _signed_up(client: httpx.AsyncClient, name: str) -> dict[str, str]:
+    user = {"email": f"{name}@example.com", "username": name, "password": PASSWORD}
+    assert (await client.post("/auth/register", json=user)).status_code == 201
+    token = (await client.post("/auth/token", data={"username": name, "password": PASSWORD})).json()
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+async def test_request_id_follows_the_job_into_the_worker_log(deployment: Deployment) -> None:
+    async with await deployment.client() as client:
+        headers = {**await _signed_up(client, "rita"), "X-Request-ID": "trace-4f2a9c"}
+        created = await client.post("/tasks", headers=headers, json={"title": "Traced"})
+        assert created.headers["x-request-id"] == "trace-4f2a9c"
+        await _until(client, created.headers["location"], headers, "SUCCESS")
+
+    api_lines = [line for line in deployment.api.output().splitlines() if "[trace-4f2a9c]" in line]
+    assert any("POST /tasks 202" in line for line in api_lines), deployment.api.output()
+    worker_lines = [line for line in deployment.worker.output().splitlines() if "[trace-4f2a9c]" in line]
+    assert any("job started" in line and "job=process_new_task" in line for line in worker_lines), worker_lines
+    assert any("job succeeded" in line and "duration_ms=" in line for line in worker_lines), worker_lines
+
+
+async def test_sigterm_lets_the_running_job_finish(deployment: Deployment) -> None:
+    async with await deployment.client() as client:
+        headers = await _signed_up(client, "sam")
+        calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 20, "b": 22, "step_seconds": 0.5})
+        url = calc.headers["location"]
+        await _until(client, url, headers, "PROGRESS")
+        deployment.worker.process.send_signal(signal.SIGTERM)
+        took = await asyncio.to_thread(deployment.worker.wait_group_gone, 8 + 5)
+        assert deployment.worker.process.returncode == 0
+        done = (await client.get(url, headers=headers)).json()
+    assert (done["state"], done["result"], done["tries"]) == ("SUCCESS", 42, 1)
+    assert took < 8  # it waited for the job, not for the whole grace period
+    assert "shutdown on SIGTERM" in deployment.worker.output()
+
+
+async def test_a_job_outliving_the_grace_period_is_finished_by_another_worker(deployment: Deployment) -> None:
+    async with await deployment.client() as client:
+        headers = await _signed_up(client, "tom")
+        calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 1, "b": 1, "step_seconds": 2.5})
+        url = calc.headers["location"]
+        await _until(client, url, headers, "PROGRESS")
+        deployment.worker.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(deployment.worker.wait_group_gone, 8 + 5)
+        assert deployment.worker.process.returncode == 0
+        interrupted = (await client.get(url, headers=headers)).json()
+        assert interrupted["state"] == "RETRY"
+        assert interrupted["error"]["type"] == "Interrupted"
+        with stopped_at_exit(deployment.start_worker("second-worker")):
+            done = await _until(client, url, headers, "SUCCESS")
+    assert (done["result"], done["tries"]) == (2, 2)
