@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test worker migrate lint bench clean
+.PHONY: help install browser run test worker migrate lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,14 @@ $(STAMP): pyproject.toml
 run: install ## PostgreSQL, Redis, migrations, API and worker in the foreground; Ctrl-C stops all
 	$(BIN)/python -m service run
 
-test: install ## the whole test suite, against servers it starts for itself
+browser: ## Chromium for the dashboard's browser test: Debian's package, installed when root and missing
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }; }; } || \
+	  echo "No Chromium: install your distribution's chromium package to run the dashboard's browser test."
+
+test: install browser ## the whole test suite, against servers it starts for itself
 	$(BIN)/python -m pytest
 
 worker: install ## one more arq worker against the servers of a running `make run`

@@ -6,12 +6,14 @@ worker; the dashboard needs each worker, alive or not, within seconds.
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from arq.cron import CronJob
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -36,7 +38,17 @@ class WorkerStats:
     ongoing: int = 0
 
 
-async def beat(redis: Redis, stats: WorkerStats) -> None:
+def describe(entry: CronJob) -> str:
+    """A cron entry's schedule in words: "every minute at :00", or its fields."""
+    fields = {name: getattr(entry, name) for name in ("month", "day", "weekday", "hour", "minute", "second")}
+    given = {name: value for name, value in fields.items() if value is not None}
+    if set(given) == {"second"}:
+        seconds = sorted(given["second"]) if isinstance(given["second"], set) else [given["second"]]
+        return "every minute at " + ", ".join(f":{second:02d}" for second in seconds)
+    return ", ".join(f"{name} {value}" for name, value in given.items())
+
+
+async def beat(redis: Redis, stats: WorkerStats, schedule: list[CronJob]) -> None:
     now = time.time()
     key = keys.WORKER + stats.worker_id
     async with redis.pipeline(transaction=True) as pipe:
@@ -44,14 +56,17 @@ async def beat(redis: Redis, stats: WorkerStats) -> None:
         pipe.expire(key, EXPIRES_SECONDS)
         pipe.zadd(keys.WORKERS, {stats.worker_id: int(now * 1000)})
         pipe.zremrangebyscore(keys.WORKERS, 0, int((now - EXPIRES_SECONDS) * 1000))
+        for entry in schedule:
+            next_run = entry.next_run.timestamp() if entry.next_run else None
+            pipe.hset(keys.CRON, entry.name, json.dumps({"schedule": describe(entry), "next_run": next_run}))
         await pipe.execute()
 
 
-async def run_heartbeat(redis: Redis, stats: WorkerStats) -> None:
+async def run_heartbeat(redis: Redis, stats: WorkerStats, schedule: list[CronJob]) -> None:
     """Beat until cancelled; a Redis outage skips beats, it does not stop them."""
     while True:
         with contextlib.suppress(RedisError, OSError):
-            await beat(redis, stats)
+            await beat(redis, stats, schedule)
         await asyncio.sleep(BEAT_SECONDS)
 
 

@@ -117,9 +117,10 @@ async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, 
     """RETRY (and raise arq's Retry) while tries remain for a transient error; FAILURE otherwise."""
     tries = ctx["job_try"]
     retry = is_transient(error) and tries < max_tries
-    details = _error(error)
+    details: dict[str, Any] = _error(error)
     if is_transient(error) and not retry:
-        details["message"] = f"gave up after {tries} tries: {details['message']}"
+        # A dead letter: it might have worked with more tries. The dashboard lists these apart.
+        details.update(message=f"gave up after {tries} tries: {details['message']}", exhausted=True)
     try:
         if retry:
             record = await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=JobState.RETRY, error=details)

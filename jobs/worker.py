@@ -43,7 +43,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["db"] = Database(settings.database_url, min_size=0, max_size=settings.worker_max_jobs + 2)
     await ctx["db"].connect()
     ctx["stats"] = stats = WorkerStats()
-    ctx["heartbeat"] = asyncio.create_task(run_heartbeat(ctx["redis"], stats))
+    ctx["heartbeat"] = asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"]))
 
 
 async def startup_process(ctx: dict[str, Any]) -> None:
@@ -62,13 +62,14 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 def worker_settings(settings: Settings, *, own_process: bool = False) -> type:
     """The WorkerSettings class arq reads, for these settings."""
+    schedule = scheduled_jobs()  # the heartbeat reports the same entries arq schedules
 
     class WorkerSettings:
         functions = FUNCTIONS
-        cron_jobs = scheduled_jobs()
+        cron_jobs = schedule
         queue_name = keys.QUEUE
         redis_settings = RedisSettings.from_dsn(settings.redis_url)
-        ctx: ClassVar[dict[str, Any]] = {"settings": settings}
+        ctx: ClassVar[dict[str, Any]] = {"settings": settings, "cron_jobs": schedule}
         on_startup = startup_process if own_process else startup
         on_shutdown = shutdown
         # JSON, never pickle: writing to Redis must not be a way to run code in the worker.

@@ -18,7 +18,7 @@ from service.logs import configure_logging
 from service.metrics import HttpMetrics
 from service.middleware import BodySizeLimit, Telemetry
 from service.requestid import RequestId
-from service.routes import auth, docs, items, jobs, operations, reports, tasks, users
+from service.routes import auth, dashboard, docs, items, jobs, operations, reports, tasks, users
 from service.security import Passwords, Tokens
 from service.settings import Settings
 from service.state import AppState
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *reports.routes,
         *operations.routes,
     ]
-    routes = [*api_routes, *docs.routes(api_routes)]
+    routes = [*api_routes, *docs.routes(api_routes), *dashboard.routes]
     http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
     route_names = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
 

@@ -3,10 +3,10 @@
 from starlette.requests import Request
 
 from service.errors import Forbidden, InvalidAuthToken, Unauthorized
-from service.queries.users import get_user
+from service.queries.users import find_by_login, get_user, update_user
 from service.schemas import UserRecord
 from service.security import InvalidToken
-from service.state import app_state
+from service.state import AppState, app_state
 
 
 def bearer_token(request: Request) -> str | None:
@@ -16,12 +16,8 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-async def current_user(request: Request) -> UserRecord:
-    """The active user the request's token names; 401 with WWW-Authenticate otherwise."""
-    token = bearer_token(request)
-    if token is None:
-        raise Unauthorized()
-    state = app_state(request)
+async def user_for_token(state: AppState, token: str) -> UserRecord:
+    """The active user a token names; InvalidAuthToken (401) otherwise."""
     try:
         user_id = state.tokens.user_id(token)
     except InvalidToken:
@@ -29,6 +25,27 @@ async def current_user(request: Request) -> UserRecord:
     user = await get_user(state.db, user_id=user_id)
     if user is None or not user.is_active:
         raise InvalidAuthToken()
+    return user
+
+
+async def current_user(request: Request) -> UserRecord:
+    """The active user the request's bearer token names; 401 with WWW-Authenticate otherwise."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized()
+    return await user_for_token(app_state(request), token)
+
+
+async def authenticate(state: AppState, *, login: str, password: str) -> UserRecord | None:
+    """The active user with this username or email and password, or None. An unknown login costs
+    what a wrong password does, so that timing does not tell which usernames exist."""
+    user = await find_by_login(state.db, login=login)
+    valid = await state.passwords.verify(user.hashed_password if user else None, password)
+    if user is None or not valid or not user.is_active:
+        return None
+    if state.passwords.needs_rehash(user.hashed_password):
+        hashed = await state.passwords.hash(password)
+        await update_user(state.db, user_id=user.id, changes={"hashed_password": hashed})
     return user
 
 

@@ -11,14 +11,16 @@ from typing import Any
 
 import redis.exceptions
 from arq.connections import ArqRedis
+from arq.utils import timestamp_ms
 from databases import Database
 
 from service import keys
 from service.errors import APIError
+from service.events import publish
 from service.metrics import count_job_event
 from service.queries import jobs
 from service.requestid import request_id
-from service.schemas import JobRecord
+from service.schemas import JobRecord, JobState
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +76,15 @@ async def enqueue(pool: ArqRedis, record: JobRecord) -> None:
         return
     if queued is not None:
         await count_job_event(pool, record.name, "enqueued")
+
+
+async def revoke(db: Database, pool: ArqRedis, record: JobRecord) -> JobRecord | None:
+    """Abort a queued or running job: REVOKED in its row first (so the worker, seeing the cancellation,
+    finds it so and leaves it), then arq's abort. None if it had already finished."""
+    revoked = await jobs.finish(db, job_id=record.job_id, state=JobState.REVOKED)
+    if revoked is None:
+        return None
+    await pool.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
+    await publish(pool, revoked)
+    await count_job_event(pool, revoked.name, "aborted")
+    return revoked

@@ -17,6 +17,7 @@ METRICS_JOB_DURATION = PREFIX + "metrics:job-duration"  # hash "name|bucket" -> 
 
 WORKERS = PREFIX + "workers"  # sorted set: worker id -> last heartbeat (ms)
 WORKER = PREFIX + "worker:"  # + worker id: a hash describing it, expiring unless refreshed
+CRON = PREFIX + "cron"  # hash: cron job name -> {"schedule", "next_run"}, kept current by the workers
 WORKER_BEAT_SECONDS = 2.0
 WORKER_EXPIRES_SECONDS = 10  # a worker silent this long is gone
 

@@ -266,3 +266,20 @@ class LongCalcRequest(Incoming):
 class JobQuery(Page):
     state: JobState | None = None
     name: Annotated[str, Field(max_length=64)] | None = None
+
+
+# The dashboard
+
+
+class DashboardJobQuery(Page):
+    name: Annotated[str, Field(max_length=64)] | None = None
+    state: JobState | None = None
+    user: Annotated[str, Field(max_length=320)] | None = None  # a username, an email or a user id
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    q: Annotated[str, Field(max_length=200)] | None = None  # a job id, or text in its args or error
+    dead: bool = False  # only failures that exhausted their tries
+
+
+class DashboardJob(JobRecord):
+    username: str | None

@@ -148,6 +148,9 @@ class ServerSet(contextlib.ExitStack):
         self.embedded: dict[str, str] = {}  # variable -> URL of the embedded servers started here
 
     def resolve(self) -> Endpoints:
+        for kind in (POSTGRES, REDIS):  # every configured URL is checked before anything is started
+            if self._explicit(kind):
+                self._check(kind)
         endpoints = Endpoints(
             database_url=_with_database(self._resolve(POSTGRES), self.settings.database_url),
             redis_url=self._resolve(REDIS),
@@ -159,12 +162,19 @@ class ServerSet(contextlib.ExitStack):
         asyncio.run(ensure_database(endpoints.database_url))
         return endpoints
 
+    def _explicit(self, kind: _Kind) -> bool:
+        return kind.variable.lower() in self.settings.model_fields_set
+
+    def _check(self, kind: _Kind) -> None:
+        """The URL the user set: that server, or a clear error; never a fallback behind their back."""
+        url: str = getattr(self.settings, kind.variable.lower())
+        if problem := _probe(kind, url):
+            raise ServerNotFound(_missing_message(kind, url, problem, explicit=True))
+
     def _resolve(self, kind: _Kind) -> str:
         url: str = getattr(self.settings, kind.variable.lower())
-        if kind.variable.lower() in self.settings.model_fields_set:  # set by the user: that one or none
-            if problem := _probe(kind, url):
-                raise ServerNotFound(_missing_message(kind, url, problem, explicit=True))
-            return url
+        if self._explicit(kind):
+            return url  # checked in resolve()
         running = read_runtime_env(runtime_env_file(self.settings)).get(kind.variable)
         if running and _probe(kind, running) is None:
             return running

@@ -93,6 +93,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_owner_id_enqueued_at", "owner_id", sa.text("enqueued_at DESC")),
     sa.Index("ix_jobs_state_enqueued_at", "state", "enqueued_at"),
     sa.Index("ix_jobs_name_enqueued_at", "name", "enqueued_at"),
+    sa.Index("ix_jobs_finished_at", "finished_at", postgresql_where=sa.text("finished_at IS NOT NULL")),
 )
 
 # Each email is claimed here before it is sent, so that a job run twice sends it once.

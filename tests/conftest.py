@@ -7,6 +7,7 @@ migrates the database it is given, and flushes the Redis db it is given: never n
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from service.mailcatcher import CaughtMail
 from service.servers import ensure_database
 from service.settings import Environment, Settings
 from service.tables import metadata
+from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
 
 TEST_SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery"
@@ -191,6 +193,7 @@ def clean_state(request: pytest.FixtureRequest) -> None:
     """Every test that touches the servers starts from empty state; pure unit tests start no server."""
     if {"database_url", "settings", "client", "db", "redis"} & set(request.fixturenames):
         request.getfixturevalue("empty_state")
+        request.getfixturevalue("mail")  # an empty mailbox that accepts everything
 
 
 @asynccontextmanager
@@ -248,3 +251,45 @@ def make_user(client: httpx.AsyncClient) -> Callable[[str], Awaitable[dict[str, 
 @pytest.fixture
 def project_dir() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Deployment:
+    base_url: str
+    api: Proc
+    worker: Proc
+    env: dict[str, str]
+    directory: Path
+
+    async def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=10)
+
+    def start_worker(self, name: str) -> Proc:
+        return start(python("-m", "arq", "jobs.worker.WorkerSettings"), self.env, self.directory / f"{name}.log")
+
+
+@pytest.fixture
+async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> AsyncIterator[Deployment]:
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        JWT_SECRET=TEST_SECRET,
+        SMTP_PORT=str(mail.port),
+        WORKER_POLL_DELAY="0.01",
+        WORKER_SHUTDOWN_GRACE="8",
+    )
+    uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
+    with (
+        stopped_at_exit(start(uvicorn, env, tmp_path / "api.log")) as api,
+        stopped_at_exit(
+            start(python("-m", "arq", "jobs.worker.WorkerSettings"), env, tmp_path / "worker.log")
+        ) as worker,
+    ):
+        base_url = f"http://127.0.0.1:{port}"
+        await asyncio.to_thread(wait_http, f"{base_url}/readyz", api)
+        yield Deployment(base_url, api, worker, env, tmp_path)
+        for proc in (api, worker):
+            proc.signal_group(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait_group_gone, 15)
+        assert worker.process.returncode == 0, worker.output()

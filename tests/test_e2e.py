@@ -3,62 +3,15 @@
 import asyncio
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from service.embedded import free_port
-from service.settings import Settings
-from tests.conftest import PASSWORD, TEST_SECRET, MailBox
-from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
+from tests.conftest import PASSWORD, Deployment, MailBox
+from tests.processes import python, stopped_at_exit
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Deployment:
-    base_url: str
-    api: Proc
-    worker: Proc
-    env: dict[str, str]
-    directory: Path
-
-    async def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.base_url, timeout=10)
-
-    def start_worker(self, name: str) -> Proc:
-        return start(python("-m", "arq", "jobs.worker.WorkerSettings"), self.env, self.directory / f"{name}.log")
-
-
-@pytest.fixture
-async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> AsyncIterator[Deployment]:
-    port = free_port()
-    env = clean_env(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        JWT_SECRET=TEST_SECRET,
-        SMTP_PORT=str(mail.port),
-        WORKER_POLL_DELAY="0.01",
-        WORKER_SHUTDOWN_GRACE="8",
-    )
-    uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
-    with (
-        stopped_at_exit(start(uvicorn, env, tmp_path / "api.log")) as api,
-        stopped_at_exit(
-            start(python("-m", "arq", "jobs.worker.WorkerSettings"), env, tmp_path / "worker.log")
-        ) as worker,
-    ):
-        base_url = f"http://127.0.0.1:{port}"
-        await asyncio.to_thread(wait_http, f"{base_url}/readyz", api)
-        yield Deployment(base_url, api, worker, env, tmp_path)
-        for proc in (api, worker):
-            proc.signal_group(signal.SIGTERM)
-            await asyncio.to_thread(proc.wait_group_gone, 15)
-        assert worker.process.returncode == 0, worker.output()
 
 
 async def _until(client: httpx.AsyncClient, url: str, headers: dict[str, str], state: str) -> dict[str, Any]:

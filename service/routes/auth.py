@@ -3,6 +3,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import dispatch
+from service.auth import authenticate
 from service.errors import InvalidCredentials
 from service.http import parse_body, parse_form
 from service.openapi import operation
@@ -40,14 +41,9 @@ async def register(request: Request) -> Response:
 async def token(request: Request) -> Response:
     form = await parse_form(request, LoginForm)
     state = app_state(request)
-    user = await users.find_by_login(state.db, login=form.username)
-    # Verified even for an unknown user, so both failures take the same time and look the same.
-    valid = await state.passwords.verify(user.hashed_password if user else None, form.password)
-    if user is None or not valid or not user.is_active:
+    user = await authenticate(state, login=form.username, password=form.password)
+    if user is None:
         raise InvalidCredentials()
-    if state.passwords.needs_rehash(user.hashed_password):
-        hashed = await state.passwords.hash(form.password)
-        await users.update_user(state.db, user_id=user.id, changes={"hashed_password": hashed})
     access_token = state.tokens.issue(user.id)
     body = Token(access_token=access_token, expires_in=state.tokens.lifetime_seconds)
     return respond(body, headers={"Cache-Control": "no-store"})

@@ -2,17 +2,15 @@
 
 import re
 
-from arq.utils import timestamp_ms
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service import dispatch, keys
+from service import dispatch
 from service.auth import current_user
 from service.errors import Conflict, NotFound
-from service.events import publish, status_events
+from service.events import status_events
 from service.http import parse_body, parse_query
-from service.metrics import count_job_event
 from service.openapi import operation
 from service.queries import jobs
 from service.responses import respond
@@ -20,7 +18,6 @@ from service.schemas import (
     JobAccepted,
     JobQuery,
     JobRecord,
-    JobState,
     JobStatus,
     LongCalcRequest,
     ReportRequest,
@@ -88,13 +85,9 @@ async def job_status(request: Request) -> Response:
 async def abort_job(request: Request) -> Response:
     record = await own_job(request, await current_user(request))
     state = app_state(request)
-    revoked = await jobs.finish(state.db, job_id=record.job_id, state=JobState.REVOKED)
+    revoked = await dispatch.revoke(state.db, state.redis, record)
     if revoked is None:
         raise Conflict(f"Job already finished ({record.state})")
-    # Recorded first, so the worker, on seeing the cancellation, finds REVOKED and leaves it so.
-    await state.redis.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
-    await publish(state.redis, revoked)
-    await count_job_event(state.redis, revoked.name, "aborted")
     return respond(revoked.status())
 
 

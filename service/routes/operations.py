@@ -11,6 +11,7 @@ from service import keys
 from service.metrics import Snapshot, job_families, process_registry
 from service.openapi import operation
 from service.queries import jobs
+from service.queuestats import queue_stats
 from service.responses import JSONResponse
 from service.state import AppState, app_state
 
@@ -48,21 +49,13 @@ async def readyz(request: Request) -> Response:
 
 
 async def _job_gauges(state: AppState) -> dict[str, tuple[str, float]]:
-    now_ms = time.time() * 1000
-    async with state.redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(keys.QUEUE)
-        pipe.zrange(keys.QUEUE, 0, 0, withscores=True)
-        pipe.zcount(keys.WORKERS, now_ms - keys.WORKER_EXPIRES_SECONDS * 1000, "+inf")
-        depth, oldest, workers = await pipe.execute()
-    ready_since = [score for _, score in oldest if score <= now_ms]
-    running = await jobs.count_running(state.db)
+    queue = await queue_stats(state.redis)
+    workers = await state.redis.zcount(keys.WORKERS, (time.time() - keys.WORKER_EXPIRES_SECONDS) * 1000, "+inf")
     return {
-        "jobs_queued": ("Jobs waiting in the queue (deferred retries included)", depth),
-        "jobs_oldest_queued_age_seconds": (
-            "Age of the oldest job ready to run",
-            (now_ms - ready_since[0]) / 1000 if ready_since else 0.0,
-        ),
-        "jobs_in_progress": ("Jobs running now", running),
+        "jobs_queued": ("Jobs ready to run that no worker has taken yet", queue.waiting),
+        "jobs_deferred": ("Jobs waiting for their time: retries in backoff, cron runs not yet due", queue.deferred),
+        "jobs_oldest_queued_age_seconds": ("Age of the oldest job ready to run", queue.oldest_waiting_age or 0.0),
+        "jobs_in_progress": ("Jobs running now", await jobs.count_running(state.db)),
         "workers_alive": ("Workers with a heartbeat in the last 10 s", workers),
     }
 

@@ -1,0 +1,37 @@
+"""How arq's queue stands. arq keeps a job in its queue (a sorted set scored by when it may run)
+until the job finishes, so the raw size counts running and deferred jobs too; this tells them apart."""
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from service import keys
+
+SAMPLE = 1000  # ready jobs examined one by one; beyond that the count is an estimate
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    waiting: int  # ready to run, no worker on it yet
+    running: int  # taken by a worker (arq's in-progress key)
+    deferred: int  # retries waiting out their backoff, cron runs not yet due
+    oldest_waiting_age: float | None  # seconds
+
+
+async def queue_stats(redis: Redis) -> QueueStats:
+    now_ms = time.time() * 1000
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(keys.QUEUE, "-inf", now_ms)
+        pipe.zcount(keys.QUEUE, f"({now_ms}", "+inf")
+        pipe.zrangebyscore(keys.QUEUE, "-inf", now_ms, start=0, num=SAMPLE, withscores=True)
+        ready, deferred, sample = await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, _ in sample:
+            pipe.exists(keys.ARQ_IN_PROGRESS + job_id.decode())
+        taken = await pipe.execute()
+    waiting_scores = [score for (_, score), busy in zip(sample, taken, strict=True) if not busy]
+    running = sum(taken)
+    waiting = ready - running
+    oldest = (now_ms - waiting_scores[0]) / 1000 if waiting_scores else None
+    return QueueStats(waiting=waiting, running=running, deferred=deferred, oldest_waiting_age=oldest)
