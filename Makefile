@@ -32,8 +32,8 @@ browser: ## Chromium for the dashboard's browser test: Debian's package, install
 test: install browser ## the whole test suite, against servers it starts for itself
 	$(BIN)/python -m pytest
 
-worker: install ## one more arq worker against the servers of a running `make run`
-	$(BIN)/python -m service worker
+worker: install ## one more arq worker against the servers of a running `make run` (SLOW=1: the slow queue's)
+	$(BIN)/python -m service worker $(if $(SLOW),--slow)
 
 migrate: install ## apply database migrations
 	$(BIN)/python -m service migrate

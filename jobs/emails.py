@@ -14,7 +14,7 @@ from service.queries.rows import as_dict
 from service.tables import tasks, users
 
 
-@job(timeout=30)
+@job(timeout=15)
 async def send_welcome_email(ctx: JobContext, *, recipient_email: str, username: str) -> dict[str, Any]:
     body = (
         f"Hi {username},\n\n"
@@ -36,7 +36,7 @@ class Reminder(BaseModel):
     username: str
 
 
-@job(timeout=30)
+@job(timeout=15)
 async def send_task_reminder_email(ctx: JobContext, *, task_id: int, once_key: str | None = None) -> dict[str, Any]:
     """Email a task's owner about it; once_key (from the cron) makes it once per task and due date."""
     query = (

@@ -28,7 +28,7 @@ from service.schemas import JobRecord, JobState
 log = logging.getLogger("jobs")
 
 JobFunction = Callable[..., Awaitable[Any]]
-ARQ_TIMEOUT_GRACE = 5  # arq's own timeout fires this much later than ours, so ours is the one seen
+ARQ_TIMEOUT_GRACE = 1  # arq's own timeout fires this much later than ours, so ours is the one seen
 
 
 def scheduled(function: Function, **schedule: Any) -> CronJob:
@@ -60,7 +60,13 @@ async def _run(
     stats.ongoing += 1
     try:
         record = await jobs.start(
-            ctx["db"], job_id=job_id, name=name, queue_name=keys.QUEUE, args=kwargs, tries=ctx["job_try"]
+            ctx["db"],
+            job_id=job_id,
+            name=name,
+            queue_name=keys.queue_for(name),
+            args=kwargs,
+            tries=ctx["job_try"],
+            worker_id=stats.worker_id,
         )
         if record is None:  # already final: done by an earlier run, or revoked
             log.info("job %s %s is already final; not running it again", name, job_id)

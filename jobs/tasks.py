@@ -14,7 +14,7 @@ from service import dispatch
 from service.tables import emails, tasks
 
 
-@job(timeout=30)
+@job(timeout=10)
 async def process_new_task(
     ctx: JobContext,
     *,
@@ -49,7 +49,7 @@ def reminder_key(task_id: int, due_at: datetime) -> str:
     return f"due:{task_id}:{int(due_at.timestamp())}"
 
 
-@job(timeout=60, max_tries=1)  # the next minute's run is the retry
+@job(timeout=20, max_tries=1)  # the next minute's run is the retry
 async def send_due_reminders(ctx: JobContext) -> dict[str, Any]:
     """Hand a reminder job to each open task due within the window that has not had its reminder."""
     window = timedelta(minutes=ctx["settings"].reminder_window_minutes)

@@ -1,30 +1,39 @@
-"""The arq worker: `arq jobs.worker.WorkerSettings` (also --burst, --check, --watch)."""
+"""The arq workers:
+
+    arq jobs.worker.WorkerSettings        # the queue of fast jobs, and the cron
+    arq jobs.worker.SlowWorkerSettings    # reports and long calculations
+
+Both take --burst, --check and --watch. Run at least one of each (`make run` does).
+"""
 
 import asyncio
 import contextlib
-from typing import Any, ClassVar
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
 
 from arq.connections import RedisSettings
 from arq.cron import CronJob
+from arq.worker import Function
 from databases import Database
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from jobs.emails import send_task_reminder_email, send_welcome_email
 from jobs.heartbeat import WorkerStats, leave, run_heartbeat
 from jobs.lifecycle import scheduled
-from jobs.reconcile import reconcile_jobs
+from jobs.reconcile import run_reconciler
 from jobs.reports import generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
 from service import jobcodec, keys
 from service.logs import configure_logging
 from service.settings import Settings
 
-FUNCTIONS = [
-    process_new_task,
-    send_welcome_email,
-    send_task_reminder_email,
-    generate_report,
-    long_running_calculation,
-]
+T = TypeVar("T")
+
+FAST_FUNCTIONS = [process_new_task, send_welcome_email, send_task_reminder_email]
+SLOW_FUNCTIONS = [generate_report, long_running_calculation]
 
 
 def scheduled_jobs() -> list[CronJob]:
@@ -32,18 +41,60 @@ def scheduled_jobs() -> list[CronJob]:
 
     Every worker schedules each run under the same job id, so exactly one of them runs it.
     """
-    return [
-        scheduled(send_due_reminders, second=0, run_at_startup=True),
-        scheduled(reconcile_jobs, second={15, 45}),
-    ]
+    return [scheduled(send_due_reminders, second=0, run_at_startup=True)]
+
+
+class OutageRetry(Retry):
+    """Retry Redis commands through up to `window` seconds of one outage: a worker rides out a Redis
+    restart, yet stops promptly when Redis is gone for good (once the window has passed, each
+    command fails at once), and its supervisor starts it again."""
+
+    __slots__ = ("_outage_since", "_window")
+
+    def __init__(self, window: float) -> None:
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries=-1)
+        self._window = window
+        self._outage_since: float | None = None
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]) -> T:
+        failures = 0
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                self._outage_since = self._outage_since or time.monotonic()
+                if time.monotonic() - self._outage_since > self._window:
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+            else:
+                self._outage_since = None
+                return result
+
+
+def resilient_redis(settings: Settings) -> RedisSettings:
+    redis = RedisSettings.from_dsn(settings.redis_url)
+    redis.conn_retries = 30  # at start: wait up to half a minute for Redis
+    redis.retry = OutageRetry(window=5.0)
+    return redis
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    ctx["db"] = Database(settings.database_url, min_size=0, max_size=settings.worker_max_jobs + 2)
-    await ctx["db"].connect()
-    ctx["stats"] = stats = WorkerStats()
-    ctx["heartbeat"] = asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"]))
+    ctx["db"] = db = Database(
+        settings.database_url,
+        min_size=0,
+        max_size=settings.worker_max_jobs + 2,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+    )
+    await db.connect()
+    ctx["stats"] = stats = WorkerStats(queue=ctx["queue_name"])
+    ctx["background"] = [asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"]))]
+    if settings.reconcile_seconds:
+        reconciler = run_reconciler(db, ctx["redis"], stats.worker_id, settings.reconcile_seconds)
+        ctx["background"].append(asyncio.create_task(reconciler))
 
 
 async def startup_process(ctx: dict[str, Any]) -> None:
@@ -53,23 +104,26 @@ async def startup_process(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    ctx["heartbeat"].cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await ctx["heartbeat"]
+    for task in ctx["background"]:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await leave(ctx["redis"], ctx["stats"])
     await ctx["db"].disconnect()
 
 
-def worker_settings(settings: Settings, *, own_process: bool = False) -> type:
-    """The WorkerSettings class arq reads, for these settings."""
-    schedule = scheduled_jobs()  # the heartbeat reports the same entries arq schedules
+def worker_settings(settings: Settings, *, slow: bool = False, own_process: bool = False) -> type:
+    """The WorkerSettings class arq reads, for these settings and one of the two queues."""
+    schedule = [] if slow else scheduled_jobs()  # the heartbeat reports the entries arq schedules
+    queue = keys.SLOW_QUEUE if slow else keys.QUEUE
+    registered: list[Function] = SLOW_FUNCTIONS if slow else FAST_FUNCTIONS
 
     class WorkerSettings:
-        functions = FUNCTIONS
+        functions = registered
         cron_jobs = schedule
-        queue_name = keys.QUEUE
-        redis_settings = RedisSettings.from_dsn(settings.redis_url)
-        ctx: ClassVar[dict[str, Any]] = {"settings": settings, "cron_jobs": schedule}
+        queue_name = queue
+        redis_settings = resilient_redis(settings)
+        ctx: ClassVar[dict[str, Any]] = {"settings": settings, "cron_jobs": schedule, "queue_name": queue}
         on_startup = startup_process if own_process else startup
         on_shutdown = shutdown
         # JSON, never pickle: writing to Redis must not be a way to run code in the worker.
@@ -81,7 +135,6 @@ def worker_settings(settings: Settings, *, own_process: bool = False) -> type:
         poll_delay = settings.worker_poll_delay
         # Each function sets its own timeout and our lifecycle enforces max tries; arq's are backstops.
         max_tries = settings.job_max_tries
-        job_timeout = 300
         keep_result = 3600  # arq's copy; PostgreSQL keeps the history
         allow_abort_jobs = True
         health_check_interval = 10
@@ -93,3 +146,4 @@ def worker_settings(settings: Settings, *, own_process: bool = False) -> type:
 
 
 WorkerSettings = worker_settings(Settings(), own_process=True)
+SlowWorkerSettings = worker_settings(Settings(), slow=True, own_process=True)

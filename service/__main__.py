@@ -42,7 +42,9 @@ def worker(settings: Settings, argv: list[str]) -> int:
     """One more arq worker against the servers of a running `make run` (or the configured ones)."""
     with provide(settings, start_embedded=False) as endpoints:
         env = {**os.environ, **endpoints.as_env()}
-    os.execvpe(sys.executable, [sys.executable, "-m", "arq", "jobs.worker.WorkerSettings", *argv], env)
+    settings_class = "jobs.worker.SlowWorkerSettings" if "--slow" in argv else "jobs.worker.WorkerSettings"
+    arq_args = [arg for arg in argv if arg != "--slow"]
+    os.execvpe(sys.executable, [sys.executable, "-m", "arq", settings_class, *arq_args], env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("run", help="servers, migrations, API and worker in the foreground (make run)")
     commands.add_parser("services", help="only find or start PostgreSQL and Redis, until Ctrl-C")
     commands.add_parser("migrate", help="apply database migrations")
-    commands.add_parser("worker", help="start one more arq worker (make worker)")
+    commands.add_parser("worker", help="one more arq worker (make worker); --slow for the slow queue")
     commands.add_parser("mailcatcher", help="a local SMTP server on SMTP_PORT that prints every email")
     promote = commands.add_parser("promote-admin", help="make an existing user an administrator")
     promote.add_argument("email")

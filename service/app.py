@@ -26,7 +26,13 @@ from service.state import AppState
 
 def open_database(settings: Settings) -> Database:
     # min_size 0: the app starts (and /readyz answers 503) while PostgreSQL is down; connections open on demand.
-    return Database(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    return Database(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+    )
 
 
 def open_redis(settings: Settings) -> ArqRedis:

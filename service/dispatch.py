@@ -54,7 +54,7 @@ async def record_job(
         db,
         job_id=job_id or uuid.uuid4().hex,
         name=name,
-        queue_name=keys.QUEUE,
+        queue_name=keys.queue_for(name),
         owner_id=owner_id,
         args=args,
         request_id=request_id.get(),
@@ -64,11 +64,12 @@ async def record_job(
     return record
 
 
-async def enqueue(pool: ArqRedis, record: JobRecord) -> None:
-    """Put the recorded job on arq's queue; a no-op while arq still holds it or its result."""
+async def enqueue(pool: ArqRedis, record: JobRecord, *, job_try: int | None = None) -> None:
+    """Put the recorded job on arq's queue; a no-op while arq still holds it or its result.
+    job_try carries the count of earlier runs over when Redis lost arq's own."""
     try:
         queued = await pool.enqueue_job(
-            record.name, _job_id=record.job_id, _queue_name=record.queue_name, **record.args
+            record.name, _job_id=record.job_id, _queue_name=record.queue_name, _job_try=job_try, **record.args
         )
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         # Accepted all the same: the row is durable and the reconciler enqueues it once Redis is back.

@@ -9,6 +9,14 @@ from arq.constants import abort_jobs_ss, default_queue_name, in_progress_key_pre
 PREFIX = "tm:"
 
 QUEUE = default_queue_name  # `arq jobs.worker.WorkerSettings` listens here, as any arq user expects
+# Slow jobs have a queue and workers of their own (`arq jobs.worker.SlowWorkerSettings`): arq re-runs a
+# crashed worker's job only once its in-progress key expires, after the longest timeout of that
+# worker's functions, so fast jobs must not share a worker with jobs allowed to run for minutes.
+SLOW_QUEUE = PREFIX + "queue:slow"
+SLOW_JOBS = frozenset({"generate_report", "long_running_calculation"})
+QUEUES = (QUEUE, SLOW_QUEUE)
+
+RECONCILER_LOCK = PREFIX + "reconciler"  # held by the one worker reconciling at a time
 
 JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change
 
@@ -29,3 +37,7 @@ ARQ_ABORT = abort_jobs_ss
 
 def job_events(job_id: str) -> str:
     return JOB_EVENTS + job_id
+
+
+def queue_for(job_name: str) -> str:
+    return SLOW_QUEUE if job_name in SLOW_JOBS else QUEUE

@@ -20,18 +20,22 @@ class QueueStats:
 
 
 async def queue_stats(redis: Redis) -> QueueStats:
+    """Both queues together."""
     now_ms = time.time() * 1000
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(keys.QUEUE, "-inf", now_ms)
-        pipe.zcount(keys.QUEUE, f"({now_ms}", "+inf")
-        pipe.zrangebyscore(keys.QUEUE, "-inf", now_ms, start=0, num=SAMPLE, withscores=True)
-        ready, deferred, sample = await pipe.execute()
+        for queue in keys.QUEUES:
+            pipe.zcount(queue, "-inf", now_ms)
+            pipe.zcount(queue, f"({now_ms}", "+inf")
+            pipe.zrangebyscore(queue, "-inf", now_ms, start=0, num=SAMPLE, withscores=True)
+        counted = await pipe.execute()
+    ready = sum(counted[0::3])
+    deferred = sum(counted[1::3])
+    sample = sorted((entry for entries in counted[2::3] for entry in entries), key=lambda entry: entry[1])
     async with redis.pipeline(transaction=False) as pipe:
         for job_id, _ in sample:
             pipe.exists(keys.ARQ_IN_PROGRESS + job_id.decode())
         taken = await pipe.execute()
     waiting_scores = [score for (_, score), busy in zip(sample, taken, strict=True) if not busy]
     running = sum(taken)
-    waiting = ready - running
     oldest = (now_ms - waiting_scores[0]) / 1000 if waiting_scores else None
-    return QueueStats(waiting=waiting, running=running, deferred=deferred, oldest_waiting_age=oldest)
+    return QueueStats(waiting=ready - running, running=running, deferred=deferred, oldest_waiting_age=oldest)

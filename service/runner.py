@@ -7,8 +7,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service import migrate
 from service.embedded import die_with_parent
@@ -21,7 +22,20 @@ STOP_TIMEOUT = 6.0  # per child; the whole shutdown stays under 10 s
 @dataclass
 class Child:
     name: str
+    argv: list[str]
+    env: Mapping[str, str]
     process: subprocess.Popen[bytes]
+    restarts: list[float] = field(default_factory=list)
+
+    def restart(self) -> bool:
+        """Start it again after a crash, unless it keeps crashing (5 times in a minute)."""
+        now = time.monotonic()
+        self.restarts = [at for at in self.restarts if now - at < 60] + [now]
+        if len(self.restarts) > 5:
+            return False
+        time.sleep(1)
+        self.process = spawn(self.name, self.argv, self.env).process
+        return True
 
 
 def dev_secret(settings: Settings) -> str:
@@ -48,11 +62,11 @@ def api_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_command() -> list[str]:
-    return [sys.executable, "-m", "arq", "jobs.worker.WorkerSettings"]
+def worker_command(settings_class: str = "WorkerSettings") -> list[str]:
+    return [sys.executable, "-m", "arq", f"jobs.worker.{settings_class}"]
 
 
-def mailcatcher_command(settings: Settings) -> list[str]:
+def mailcatcher_command() -> list[str]:
     return [sys.executable, "-m", "service", "mailcatcher"]
 
 
@@ -68,20 +82,25 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str]) -> Child:
     process = subprocess.Popen(
         argv, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(signal.SIGTERM)
     )
-    return Child(name, process)
+    return Child(name, argv, env, process)
 
 
 def supervise(children: list[Child]) -> int:
-    """Wait for Ctrl-C / SIGTERM or for a child to die; then stop every child, newest first."""
+    """Run until Ctrl-C / SIGTERM, restarting a child that dies (unless it keeps dying); then stop every
+    child, newest first."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     failed = None
-    while not stop.wait(0.2):
-        failed = next((child for child in children if child.process.poll() is not None), None)
-        if failed is not None:
-            print(f"{failed.name} exited with status {failed.process.returncode}; stopping.", file=sys.stderr)
-            break
+    while failed is None and not stop.wait(0.2):
+        for child in children:
+            if child.process.poll() is None or stop.is_set():
+                continue
+            print(f"{child.name} exited with status {child.process.returncode}; restarting it.", file=sys.stderr)
+            if not child.restart():
+                print(f"{child.name} keeps failing; stopping everything.", file=sys.stderr)
+                failed = child
+                break
     for child in reversed(children):
         terminate(child.process)
     return 0 if failed is None else 1
@@ -116,9 +135,10 @@ def run(settings: Settings) -> int:
         if listening(settings.smtp_host, settings.smtp_port):
             extra.append(f"SMTP       {settings.smtp_host}:{settings.smtp_port} (already listening: emails go there)")
         else:
-            children.append(spawn("mail catcher", mailcatcher_command(settings), env))
+            children.append(spawn("mail catcher", mailcatcher_command(), env))
             extra.append(f"SMTP       {settings.smtp_host}:{settings.smtp_port} (mail catcher: emails print below)")
         children.append(spawn("worker", worker_command(), env))
+        children.append(spawn("slow worker", worker_command("SlowWorkerSettings"), env))
         children.append(spawn("api", api_command(settings), env))
         print(banner(settings, endpoints, extra), flush=True)
         return supervise(children)

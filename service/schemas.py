@@ -233,6 +233,7 @@ class JobRecord(JobStatus):
     args: dict[str, Any]
     request_id: str | None
     version: int  # bumped by every change of state or progress
+    worker_id: str | None
 
     def status(self) -> JobStatus:
         return JobStatus.model_validate(self.model_dump(include=set(JobStatus.model_fields)))

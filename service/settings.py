@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, gt=0, le=600)
     reminder_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     worker_shutdown_grace: int = Field(default=20, ge=0, le=3600)
+    reconcile_seconds: float = Field(default=5.0, ge=0, le=3600)  # 0: no reconciler in this worker
+    db_connect_timeout: float = Field(default=2.0, gt=0, le=60)
+    db_command_timeout: float = Field(default=10.0, gt=0, le=600)
 
     @model_validator(mode="after")
     def _check_secret(self) -> Self:

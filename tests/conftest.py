@@ -137,16 +137,16 @@ def settings(database_url: str, servers: Servers, mailbox: MailBox) -> Settings:
     )
 
 
-def make_worker(settings: Settings, *, burst: bool = True, cron: bool = False, **overrides: Any) -> Worker:
+def make_worker(
+    settings: Settings, *, slow: bool = False, burst: bool = True, cron: bool = False, **overrides: Any
+) -> Worker:
     options = {"burst": burst, "poll_delay": 0.01, "handle_signals": False, **overrides}
     if not cron:
         options["cron_jobs"] = []
-    return create_worker(worker_settings(settings), **options)
+    return create_worker(worker_settings(settings, slow=slow), **options)
 
 
-async def drain(settings: Settings, **overrides: Any) -> Worker:
-    """Run an in-process arq worker until the queue is empty (retries included); its counters tell what ran."""
-    worker = make_worker(settings, **overrides)
+async def _run(worker: Worker) -> Worker:
     try:
         await asyncio.wait_for(worker.async_run(), DRAIN_TIMEOUT)
     finally:
@@ -154,17 +154,31 @@ async def drain(settings: Settings, **overrides: Any) -> Worker:
     return worker
 
 
+async def drain(settings: Settings, **overrides: Any) -> Worker:
+    """Run in-process arq workers, one per queue, until both queues are empty (retries included).
+    The fast queue's worker is returned: its counters tell what ran there."""
+    fast, _slow = await asyncio.gather(
+        _run(make_worker(settings, **overrides)), _run(make_worker(settings, slow=True, **overrides))
+    )
+    return fast
+
+
 @asynccontextmanager
-async def background_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]:
-    """An in-process arq worker polling in the background for the duration of the block."""
-    worker = make_worker(settings, burst=False, **overrides)
-    task = asyncio.create_task(worker.async_run())
+async def background_worker(settings: Settings, *, slow: bool = False, **overrides: Any) -> AsyncIterator[Worker]:
+    """In-process arq workers for both queues, polling in the background for the duration of the block.
+    The one yielded serves the slow queue if slow, else the fast one."""
+    workers = [
+        make_worker(settings, burst=False, **overrides),
+        make_worker(settings, slow=True, burst=False, **overrides),
+    ]
+    tasks = [asyncio.create_task(worker.async_run()) for worker in workers]
     try:
-        yield worker
+        yield workers[1] if slow else workers[0]
     finally:
-        await worker.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for worker, task in zip(workers, tasks, strict=True):
+            await worker.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @pytest.fixture(scope="session")
@@ -255,17 +269,21 @@ def project_dir() -> Path:
 
 @dataclass
 class Deployment:
+    """The API and one worker per queue, as real processes on the suite's servers."""
+
     base_url: str
     api: Proc
-    worker: Proc
+    worker: Proc  # the fast queue's
+    slow_worker: Proc
     env: dict[str, str]
     directory: Path
 
     async def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=10)
 
-    def start_worker(self, name: str) -> Proc:
-        return start(python("-m", "arq", "jobs.worker.WorkerSettings"), self.env, self.directory / f"{name}.log")
+    def start_worker(self, name: str, *, slow: bool = False) -> Proc:
+        settings = "jobs.worker.SlowWorkerSettings" if slow else "jobs.worker.WorkerSettings"
+        return start(python("-m", "arq", settings), self.env, self.directory / f"{name}.log")
 
 
 @pytest.fixture
@@ -285,11 +303,15 @@ async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> Async
         stopped_at_exit(
             start(python("-m", "arq", "jobs.worker.WorkerSettings"), env, tmp_path / "worker.log")
         ) as worker,
+        stopped_at_exit(
+            start(python("-m", "arq", "jobs.worker.SlowWorkerSettings"), env, tmp_path / "slow-worker.log")
+        ) as slow_worker,
     ):
         base_url = f"http://127.0.0.1:{port}"
         await asyncio.to_thread(wait_http, f"{base_url}/readyz", api)
-        yield Deployment(base_url, api, worker, env, tmp_path)
-        for proc in (api, worker):
+        yield Deployment(base_url, api, worker, slow_worker, env, tmp_path)
+        for proc in (api, worker, slow_worker):
             proc.signal_group(signal.SIGTERM)
             await asyncio.to_thread(proc.wait_group_gone, 15)
-        assert worker.process.returncode == 0, worker.output()
+        for proc in (worker, slow_worker):
+            assert proc.process.returncode == 0, proc.output()

@@ -70,7 +70,7 @@ async def test_an_admin_watches_progress_and_retries_a_failure(
         page = await browser.new_page(viewport={"width": 1400, "height": 1100})
         await _log_in(page, deployment.base_url, "ops")
         await expect(page).to_have_url(f"{deployment.base_url}/dashboard")
-        await expect(page.locator("#workers tbody tr")).to_have_count(1)
+        await expect(page.locator("#workers tbody tr")).to_have_count(2)  # one per queue
 
         calc = (await client.post("/jobs/long-calc", headers=admin, json={"a": 40, "b": 2, "step_seconds": 1})).json()
         bar = page.locator(f'#running tr[data-job-id="{calc["job_id"]}"] .progress')

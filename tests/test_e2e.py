@@ -88,13 +88,13 @@ async def test_sigterm_lets_the_running_job_finish(deployment: Deployment) -> No
         calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 20, "b": 22, "step_seconds": 0.5})
         url = calc.headers["location"]
         await _until(client, url, headers, "PROGRESS")
-        deployment.worker.process.send_signal(signal.SIGTERM)
-        took = await asyncio.to_thread(deployment.worker.wait_group_gone, 8 + 5)
-        assert deployment.worker.process.returncode == 0
+        deployment.slow_worker.process.send_signal(signal.SIGTERM)
+        took = await asyncio.to_thread(deployment.slow_worker.wait_group_gone, 8 + 5)
+        assert deployment.slow_worker.process.returncode == 0
         done = (await client.get(url, headers=headers)).json()
     assert (done["state"], done["result"], done["tries"]) == ("SUCCESS", 42, 1)
     assert took < 8  # it waited for the job, not for the whole grace period
-    assert "shutdown on SIGTERM" in deployment.worker.output()
+    assert "shutdown on SIGTERM" in deployment.slow_worker.output()
 
 
 async def test_a_job_outliving_the_grace_period_is_finished_by_another_worker(deployment: Deployment) -> None:
@@ -103,12 +103,12 @@ async def test_a_job_outliving_the_grace_period_is_finished_by_another_worker(de
         calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 1, "b": 1, "step_seconds": 2.5})
         url = calc.headers["location"]
         await _until(client, url, headers, "PROGRESS")
-        deployment.worker.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(deployment.worker.wait_group_gone, 8 + 5)
-        assert deployment.worker.process.returncode == 0
+        deployment.slow_worker.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(deployment.slow_worker.wait_group_gone, 8 + 5)
+        assert deployment.slow_worker.process.returncode == 0
         interrupted = (await client.get(url, headers=headers)).json()
         assert interrupted["state"] == "RETRY"
         assert interrupted["error"]["type"] == "Interrupted"
-        with stopped_at_exit(deployment.start_worker("second-worker")):
+        with stopped_at_exit(deployment.start_worker("second-slow-worker", slow=True)):
             done = await _until(client, url, headers, "SUCCESS")
     assert (done["result"], done["tries"]) == (2, 2)

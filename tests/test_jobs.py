@@ -214,7 +214,7 @@ async def test_long_calc_reports_progress_by_polling_and_by_sse(
 
 async def test_abort_revokes_a_running_job(client: httpx.AsyncClient, settings: Settings, make_user: MakeUser) -> None:
     alice = await make_user("alice")
-    async with background_worker(settings) as worker:
+    async with background_worker(settings, slow=True) as worker:
         job_id = (
             await client.post("/jobs/long-calc", headers=alice, json={"a": 1, "b": 1, "step_seconds": 0.3})
         ).json()["job_id"]

@@ -95,8 +95,8 @@ async def test_gauges_show_queue_and_workers(
     async with background_worker(settings):
         for _ in range(200):
             live = await scrape(client)
-            if value(live, "workers_alive") == 1 and value(live, "jobs_queued") == 0:
+            if value(live, "workers_alive") == 2 and value(live, "jobs_queued") == 0:
                 break
-    assert value(live, "workers_alive") == 1
+    assert value(live, "workers_alive") == 2  # one per queue
     assert value(live, "jobs_queued") == 0
     assert value(await scrape(client), "workers_alive") == 0  # it left the list as it stopped

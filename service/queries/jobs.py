@@ -89,15 +89,17 @@ async def finish(db: Database, *, job_id: str, state: JobState, **values: Any) -
 
 
 async def start(
-    db: Database, *, job_id: str, name: str, queue_name: str, args: Mapping[str, Any], tries: int
+    db: Database, *, job_id: str, name: str, queue_name: str, args: Mapping[str, Any], tries: int, worker_id: str
 ) -> JobRecord | None:
-    """Mark the job STARTED, creating its row for jobs nobody accepted (cron); None if it is already final."""
+    """Mark the job STARTED by this worker, creating its row for jobs nobody accepted (cron); None if it is
+    already final."""
     values = {
         "state": JobState.STARTED.value,
         "tries": tries,
         "started_at": sa.func.now(),
         "error": None,
         "progress": None,
+        "worker_id": worker_id,
     }
     query = (
         insert(jobs)
@@ -113,18 +115,31 @@ async def start(
     return None if row is None else _record(row)
 
 
-async def waiting(db: Database, *, older_than_seconds: int, limit: int = 1000) -> list[JobRecord]:
-    """Jobs waiting for a worker (PENDING or RETRY) for longer than older_than_seconds, oldest first."""
+async def unsettled(db: Database, *, older_than_seconds: int, limit: int = 1000) -> list[JobRecord]:
+    """Active jobs that nothing has touched for a while: waiting since then, or running since then."""
+    since = sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds)
+    waiting = jobs.c.state.in_([JobState.PENDING.value, JobState.RETRY.value])
+    running = jobs.c.state.in_([JobState.STARTED.value, JobState.PROGRESS.value])
     query = (
         jobs.select()
-        .where(
-            jobs.c.state.in_([JobState.PENDING.value, JobState.RETRY.value]),
-            jobs.c.enqueued_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds),
-        )
+        .where(sa.or_(sa.and_(waiting, jobs.c.enqueued_at < since), sa.and_(running, jobs.c.started_at < since)))
         .order_by(jobs.c.enqueued_at)
         .limit(limit)
     )
     return [_record(row) for row in await db.fetch_all(query)]
+
+
+async def prune_unowned(db: Database, *, older_than_days: int) -> int:
+    """Forget finished jobs nobody owns (cron runs) after a while; users' jobs are kept."""
+    query = (
+        jobs.delete()
+        .where(
+            jobs.c.owner_id.is_(None),
+            jobs.c.finished_at < sa.func.now() - sa.func.make_interval(0, 0, 0, older_than_days),
+        )
+        .returning(jobs.c.job_id)
+    )
+    return len(await db.fetch_all(query))
 
 
 async def count_running(db: Database) -> int:
