@@ -75,7 +75,7 @@ async def _reconcile_one(db: Database, redis: ArqRedis, record: JobRecord, live:
         await jobs.finish(db, job_id=record.job_id, state=JobState.FAILURE, error=failure)
         done.failed += 1
     else:
-        await dispatch.enqueue(redis, record, job_try=record.tries or None)
+        await dispatch.enqueue(redis, record, job_try=record.tries + 1 if record.tries else None)
         done.requeued += 1
 
 

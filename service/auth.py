@@ -2,11 +2,14 @@
 
 from starlette.requests import Request
 
+from service import throttle
 from service.errors import Forbidden, InvalidAuthToken, Unauthorized
 from service.queries.users import find_by_login, get_user, update_user
 from service.schemas import UserRecord
 from service.security import InvalidToken
+from service.settings import Settings
 from service.state import AppState, app_state
+from service.throttle import Limit
 
 
 def bearer_token(request: Request) -> str | None:
@@ -36,17 +39,39 @@ async def current_user(request: Request) -> UserRecord:
     return await user_for_token(app_state(request), token)
 
 
-async def authenticate(state: AppState, *, login: str, password: str) -> UserRecord | None:
-    """The active user with this username or email and password, or None. An unknown login costs
-    what a wrong password does, so that timing does not tell which usernames exist."""
+def login_limits(settings: Settings) -> tuple[Limit, Limit]:
+    """Failed logins per account (15 minutes), and attempts per client address (a minute)."""
+    return (
+        Limit("login-account", settings.login_failures_per_account, 15 * 60),
+        Limit("login-ip", settings.login_attempts_per_ip, 60),
+    )
+
+
+async def authenticate(state: AppState, *, login: str, password: str, client_ip: str) -> UserRecord | None:
+    """The active user with this username or email and password, or None; 429 when throttled.
+
+    An unknown login costs what a wrong password does, so timing does not tell which usernames
+    exist. Throttling is checked before any hashing, so a flood costs little CPU.
+    """
+    per_account, per_ip = login_limits(state.settings)
+    account = login.strip().lower()
+    await throttle.refuse_if_over(state.redis, per_account, account, "Too many failed logins for this account")
+    await throttle.check(state.redis, per_ip, client_ip, "Too many login attempts from this address")
     user = await find_by_login(state.db, login=login)
     valid = await state.passwords.verify(user.hashed_password if user else None, password)
     if user is None or not valid or not user.is_active:
+        await throttle.count(state.redis, per_account, account)
         return None
+    await throttle.forget(state.redis, per_account, account)
     if state.passwords.needs_rehash(user.hashed_password):
         hashed = await state.passwords.hash(password)
         await update_user(state.db, user_id=user.id, changes={"hashed_password": hashed})
     return user
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address (uvicorn puts a trusted proxy's X-Forwarded-For here with --proxy-headers)."""
+    return request.client.host if request.client else "unknown"
 
 
 async def current_admin(request: Request) -> UserRecord:

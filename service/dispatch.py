@@ -66,7 +66,7 @@ async def record_job(
 
 async def enqueue(pool: ArqRedis, record: JobRecord, *, job_try: int | None = None) -> None:
     """Put the recorded job on arq's queue; a no-op while arq still holds it or its result.
-    job_try carries the count of earlier runs over when Redis lost arq's own."""
+    job_try numbers the next run when Redis lost arq's own count of the earlier ones."""
     try:
         queued = await pool.enqueue_job(
             record.name, _job_id=record.job_id, _queue_name=record.queue_name, _job_try=job_try, **record.args

@@ -16,6 +16,7 @@ SLOW_QUEUE = PREFIX + "queue:slow"
 SLOW_JOBS = frozenset({"generate_report", "long_running_calculation"})
 QUEUES = (QUEUE, SLOW_QUEUE)
 
+THROTTLE = PREFIX + "throttle:"  # + rule + ":" + subject: a counter for the rule's current window
 RECONCILER_LOCK = PREFIX + "reconciler"  # held by the one worker reconciling at a time
 
 JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change

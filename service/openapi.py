@@ -116,9 +116,10 @@ def _operation(route: Route, spec: Operation, refs: dict[Any, Any]) -> dict[str,
     elif spec.media_type != "application/json":
         success["content"] = {spec.media_type: {"schema": {"type": "string"}}}
     op["responses"] = {str(spec.status): success}
-    errors = set(spec.errors)
+    errors = set(spec.errors) | {503}  # any operation may find PostgreSQL or Redis away
     errors |= {401} if spec.auth else set()
     errors |= {422} if spec.body or spec.form or spec.query else set()
+    errors |= {413} if spec.body or spec.form else set()
     for status in sorted(errors):
         schema_name = "ValidationErrorDetail" if status == 422 else "ErrorDetail"
         op["responses"][str(status)] = {

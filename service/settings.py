@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     db_pool_max: int = 10
     password_hash_concurrency: int = 2
     access_log: bool = True
+    # Brute force: failed logins per account per 15 minutes, and login attempts per client IP per minute.
+    login_failures_per_account: int = Field(default=10, ge=1)
+    login_attempts_per_ip: int = Field(default=30, ge=1)
+    # Jobs one user may submit per minute (429 beyond); 0 turns the quota off.
+    enqueue_quota_per_minute: int = Field(default=600, ge=0)
     # Set (with the same value for every API process on a host) to serve all their HTTP metrics.
     prometheus_multiproc_dir: Path | None = None
 

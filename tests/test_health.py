@@ -75,7 +75,7 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     assert register["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/UserCreate"
     }
-    assert set(register["responses"]) == {"201", "409", "422"}
+    assert set(register["responses"]) == {"201", "409", "413", "422", "503"}
     assert "security" not in register
     token_form = paths["/auth/token"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in token_form

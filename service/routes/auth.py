@@ -3,7 +3,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import dispatch
-from service.auth import authenticate
+from service.auth import authenticate, client_ip
 from service.errors import InvalidCredentials
 from service.http import parse_body, parse_form
 from service.openapi import operation
@@ -36,12 +36,12 @@ async def register(request: Request) -> Response:
 
 
 @operation(
-    summary="Log in (OAuth2 password flow)", tag="auth", form=LoginForm, response=Token, errors=(401,), auth=False
+    summary="Log in (OAuth2 password flow)", tag="auth", form=LoginForm, response=Token, errors=(401, 429), auth=False
 )
 async def token(request: Request) -> Response:
     form = await parse_form(request, LoginForm)
     state = app_state(request)
-    user = await authenticate(state, login=form.username, password=form.password)
+    user = await authenticate(state, login=form.username, password=form.password, client_ip=client_ip(request))
     if user is None:
         raise InvalidCredentials()
     access_token = state.tokens.issue(user.id)

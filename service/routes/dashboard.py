@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from service import dispatch, keys
-from service.auth import authenticate, bearer_token, user_for_token
+from service.auth import authenticate, bearer_token, client_ip, user_for_token
 from service.errors import Conflict, Forbidden, NotFound, Unauthorized
 from service.http import parse_form, parse_query
 from service.queries import dashboard
@@ -30,6 +30,7 @@ from service.routes.docs import templates
 from service.schemas import DashboardJobQuery, JobState, LoginForm, UserRecord
 from service.settings import Environment
 from service.state import AppState, app_state
+from service.throttle import TooManyRequests
 
 COOKIE = "tm_dashboard"
 CSRF_HEADER = "x-csrf-token"
@@ -70,7 +71,10 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     form = await parse_form(request, LoginForm)
     state = app_state(request)
-    user = await authenticate(state, login=form.username, password=form.password)
+    try:
+        user = await authenticate(state, login=form.username, password=form.password, client_ip=client_ip(request))
+    except TooManyRequests as refused:
+        return _login_page(f"{refused.detail}. Try again later.", 429)
     if user is None:
         return _login_page("Incorrect username or password.", 401)
     if not user.is_admin:

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service import dispatch
+from service import dispatch, throttle
 from service.auth import current_user
 from service.errors import Conflict, NotFound
 from service.events import status_events
@@ -24,7 +24,8 @@ from service.schemas import (
     SendEmailRequest,
     UserRecord,
 )
-from service.state import app_state
+from service.state import AppState, app_state
+from service.throttle import Limit
 
 JOB_ID = re.compile(r"^[A-Za-z0-9:_.-]{1,128}$")
 
@@ -43,27 +44,39 @@ async def own_job(request: Request, user: UserRecord) -> JobRecord:
     return record
 
 
+async def within_quota(state: AppState, user: UserRecord) -> None:
+    """At most ENQUEUE_QUOTA_PER_MINUTE jobs a minute per user (429 with Retry-After beyond)."""
+    quota = state.settings.enqueue_quota_per_minute
+    if quota:
+        rule = Limit("enqueue", quota, 60)
+        await throttle.check(state.redis, rule, str(user.id), "Job quota exceeded: too many jobs this minute")
+
+
 async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
     user = await current_user(request)
     state = app_state(request)
+    await within_quota(state, user)
     record = await dispatch.submit(state.db, state.redis, name=name, owner_id=user.id, args=args)
     return accepted(record, f"/jobs/{record.job_id}")
 
 
-@operation(summary="Email someone (demo job)", tag="jobs", body=SendEmailRequest, response=JobAccepted, status=202)
+@operation(summary="Email someone (demo job)", tag="jobs", body=SendEmailRequest, response=JobAccepted, status=202,
+           errors=(429,))  # fmt: skip
 async def send_email(request: Request) -> Response:
     data = await parse_body(request, SendEmailRequest)
     return await _submit(request, "send_welcome_email", data.model_dump(mode="json"))
 
 
-@operation(summary="A CSV report of your tasks", tag="jobs", body=ReportRequest, response=JobAccepted, status=202)
+@operation(summary="A CSV report of your tasks", tag="jobs", body=ReportRequest, response=JobAccepted, status=202,
+           errors=(429,))  # fmt: skip
 async def generate_report(request: Request) -> Response:
     await parse_body(request, ReportRequest)
     user = await current_user(request)
     return await _submit(request, "generate_report", {"owner_id": user.id})
 
 
-@operation(summary="a + b, slowly, with progress", tag="jobs", body=LongCalcRequest, response=JobAccepted, status=202)
+@operation(summary="a + b, slowly, with progress", tag="jobs", body=LongCalcRequest, response=JobAccepted, status=202,
+           errors=(429,))  # fmt: skip
 async def long_calc(request: Request) -> Response:
     data = await parse_body(request, LongCalcRequest)
     return await _submit(request, "long_running_calculation", data.model_dump(mode="json"))

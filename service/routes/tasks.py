@@ -12,7 +12,7 @@ from service.http import parse_body
 from service.openapi import operation
 from service.queries.tasks import task_filters, tasks
 from service.responses import respond
-from service.routes.jobs import accepted, own_job
+from service.routes.jobs import accepted, own_job, within_quota
 from service.routes.owned import OwnedEndpoints
 from service.schemas import JobAccepted, JobStatus, TaskCreate, TaskQuery, TaskUpdate
 from service.state import app_state
@@ -43,23 +43,26 @@ def _status_url(job_id: str) -> str:
 
 
 @operation(summary="Create a task (in the background)", tag="tasks", body=TaskCreate, response=JobAccepted, status=202,
-           errors=(422,))  # fmt: skip
+           errors=(422, 429))  # fmt: skip
 async def create_task(request: Request) -> Response:
     user = await current_user(request)
     data = await parse_body(request, TaskCreate)
     job_id = task_job_id(user.id, request.headers.get("idempotency-key"))
     args = {"owner_id": user.id, **data.model_dump(mode="json")}
     state = app_state(request)
+    await within_quota(state, user)
     record = await dispatch.submit(
         state.db, state.redis, name="process_new_task", owner_id=user.id, args=args, job_id=job_id
     )
     return accepted(record, _status_url(record.job_id))
 
 
-@operation(summary="Email yourself a reminder of a task", tag="tasks", response=JobAccepted, status=202, errors=(404,))
+@operation(summary="Email yourself a reminder of a task", tag="tasks", response=JobAccepted, status=202,
+           errors=(404, 429))  # fmt: skip
 async def remind(request: Request) -> Response:
     user = await current_user(request)
     state = app_state(request)
+    await within_quota(state, user)
     task = await tasks.get(state.db, owner_id=user.id, row_id=request.path_params["id"])
     if task is None:
         raise NotFound("Task not found")
