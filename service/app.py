@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from service import jobcodec
+from service import jobcodec, routing
 from service.errors import exception_handlers
 from service.logs import configure_logging
 from service.metrics import HttpMetrics
@@ -58,9 +58,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *reports.routes,
         *operations.routes,
     ]
-    routes = [*api_routes, *docs.routes(api_routes), *dashboard.routes]
+    routes = routing.by_path([*api_routes, *docs.routes(api_routes), *dashboard.routes])
     http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
-    route_names = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
+    route_names = {route.endpoint: route.path_format for route in routes if isinstance(route, Route)}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -9,6 +9,8 @@ from pydantic.json_schema import models_json_schema
 from starlette.convertors import FloatConvertor, IntegerConvertor
 from starlette.routing import BaseRoute, Route
 
+from service.routes import BIGINT_DIGITS, IdConvertor
+
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 Mode = Literal["validation", "serialization"]
 REF = "#/components/schemas/{model}"
@@ -39,6 +41,7 @@ class Operation:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     many: bool = False  # the response is a list of `response`
+    events: type[BaseModel] | None = None  # a text/event-stream of these, one per event's data
     status: int = 200
     errors: tuple[int, ...] = ()
     auth: bool = True
@@ -57,10 +60,27 @@ def operation(**spec: Any) -> Callable[[Endpoint], Endpoint]:
 
 def _operations(routes: Iterable[BaseRoute]) -> Iterable[tuple[Route, str, Operation]]:
     for route in routes:
-        spec = getattr(getattr(route, "endpoint", None), "__openapi__", None)
-        if isinstance(route, Route) and isinstance(spec, Operation):
-            for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
-                yield route, method.lower(), spec
+        if not isinstance(route, Route):
+            continue
+        # A route merged by service.routing keeps the route each method came from.
+        by_method: dict[str, Route] = getattr(route.endpoint, "__methods__", {})
+        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            origin = by_method.get(method, route)
+            spec = getattr(origin.endpoint, "__openapi__", None)
+            if isinstance(spec, Operation):
+                yield origin, method.lower(), spec
+
+
+def _event_schema(data: dict[str, Any]) -> dict[str, Any]:
+    """One Server-Sent Event: its name, and its data as JSON."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+        },
+    }
 
 
 def _models(specs: Iterable[Operation]) -> list[tuple[type[BaseModel], Mode]]:
@@ -69,13 +89,16 @@ def _models(specs: Iterable[Operation]) -> list[tuple[type[BaseModel], Mode]]:
         for model in (spec.body, spec.form, spec.query):
             if model is not None:
                 seen[model, "validation"] = None
-        if spec.response is not None:
-            seen[spec.response, "serialization"] = None
+        for model in (spec.response, spec.events):
+            if model is not None:
+                seen[model, "serialization"] = None
     return list(seen)
 
 
 def _path_parameters(route: Route) -> list[dict[str, Any]]:
     def schema(convertor: object) -> dict[str, Any]:
+        if isinstance(convertor, IdConvertor):
+            return {"type": "integer", "minimum": 0, "maximum": 10**BIGINT_DIGITS - 1}
         if isinstance(convertor, IntegerConvertor):
             return {"type": "integer", "minimum": 0}
         return {"type": "number"} if isinstance(convertor, FloatConvertor) else {"type": "string"}
@@ -110,7 +133,9 @@ def _operation(route: Route, spec: Operation, refs: dict[Any, Any]) -> dict[str,
         form = refs[spec.form, "validation"]
         op["requestBody"] = {"required": True, "content": _content(form, "application/x-www-form-urlencoded")}
     success: dict[str, Any] = {"description": STATUS_TEXT.get(spec.status, "OK")}
-    if spec.response is not None:
+    if spec.events is not None:
+        success["content"] = _content(_event_schema(refs[spec.events, "serialization"]), "text/event-stream")
+    elif spec.response is not None:
         schema = refs[spec.response, "serialization"]
         success["content"] = _content({"type": "array", "items": schema} if spec.many else schema, spec.media_type)
     elif spec.media_type != "application/json":

@@ -4,37 +4,79 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
     StringConstraints,
     ValidationInfo,
     field_validator,
 )
 
-Username = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9_.-]{3,64}$")]
+
+def _email(value: str) -> str:
+    """An address as RFC 5321 and the schema's `format: email` have it, in a normal form. Addresses at
+    the .test domain (RFC 6761) are taken too, for test environments; other special-use names are not."""
+    try:
+        return validate_email(value, check_deliverability=False, test_environment=True).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+Email = Annotated[str, Field(max_length=320, json_schema_extra={"format": "email"}), AfterValidator(_email)]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,64}$")]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=10_000)]
+# PostgreSQL text cannot hold NUL, so no text we store may contain it. Titles and names are checked as
+# sent (so the schema tells the truth) and stored without surrounding blanks.
+NO_NUL = r"^[^\x00]*$"
+SOME_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"  # no NUL, and something besides blanks
+Title = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=SOME_TEXT), AfterValidator(str.strip)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SOME_TEXT), AfterValidator(str.strip)]
+Description = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
+SearchText = Annotated[str, Field(max_length=200, pattern=NO_NUL)]
 Limit = Annotated[int, Field(ge=1, le=100)]
+
+
+def _iso_text(value: Any) -> Any:
+    """Dates come as ISO 8601 text, as the schema says; pydantic would also take numbers as timestamps."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2030-01-31T09:00:00Z")
+    if isinstance(value, int | float):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2030-01-31T09:00:00Z")
+    return value
+
+
+When = Annotated[AwareDatetime, BeforeValidator(_iso_text)]  # for query strings, which are never strict
 Offset = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 class Incoming(BaseModel):
-    """A client's input: unknown fields are refused, so owner, status or is_admin cannot be slipped in."""
+    """A client's input: unknown fields are refused, so owner, status or is_admin cannot be slipped in;
+    types are strict, so `false` is not a number and a number is not a date."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _null_only_where_allowed(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The JSON schema of a Patch says what it accepts: no null for a field that cannot be emptied."""
+    nullable: frozenset[str] = getattr(model, "nullable", frozenset())
+    for name, prop in schema.get("properties", {}).items():
+        if name not in nullable and "anyOf" in prop:
+            kept = [branch for branch in prop.pop("anyOf") if branch.get("type") != "null"]
+            prop.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
 
 
 class Patch(Incoming):
     """A partial update: fields left out stay as they are; null is accepted only where a value may be empty."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_null_only_where_allowed)
     nullable: ClassVar[frozenset[str]] = frozenset()
 
-    @field_validator("*", mode="before")
+    @field_validator("*")  # after validation: a "before" validator would lose the strict JSON mode
     @classmethod
     def _refuse_null(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None and info.field_name not in cls.nullable:
@@ -53,13 +95,13 @@ class Outgoing(BaseModel):
 
 
 class UserCreate(Incoming):
-    email: EmailStr = Field(max_length=320)
+    email: Email
     username: Username
     password: Password
 
 
 class UserUpdate(Patch):
-    email: EmailStr | None = Field(default=None, max_length=320)
+    email: Email | None = None
     username: Username | None = None
     password: Password | None = None
 
@@ -87,7 +129,7 @@ class UserRecord(Outgoing):
 
 class LoginForm(BaseModel):
     # OAuth2 password flow (RFC 6749 4.3): grant_type, scope and client fields may come along.
-    username: Annotated[str, Field(min_length=1, max_length=320)]
+    username: Annotated[str, Field(min_length=1, max_length=320, pattern=NO_NUL)]
     password: Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -140,7 +182,7 @@ class Priority(StrEnum):
 class TaskCreate(Incoming):
     title: Title
     description: Description | None = None
-    due_at: AwareDatetime | None = None
+    due_at: AwareDatetime | None = None  # a strict JSON body takes ISO 8601 text only
     priority: Priority = Priority.NORMAL
 
 
@@ -149,7 +191,7 @@ class TaskUpdate(Patch):
 
     title: Title | None = None
     description: Description | None = None
-    due_at: AwareDatetime | None = None
+    due_at: AwareDatetime | None = None  # a strict JSON body takes ISO 8601 text only
     priority: Priority | None = None
     status: TaskStatus | None = None
 
@@ -175,7 +217,7 @@ class Page(BaseModel):
 
 class TaskQuery(Page):
     status: TaskStatus | None = None
-    due_before: AwareDatetime | None = None
+    due_before: When | None = None
 
 
 # Background jobs
@@ -245,8 +287,8 @@ class JobAccepted(BaseModel):
 
 
 class SendEmailRequest(Incoming):
-    recipient_email: EmailStr = Field(max_length=320)
-    username: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    recipient_email: Email
+    username: Name
 
 
 class ReportRequest(Incoming):
@@ -266,19 +308,19 @@ class LongCalcRequest(Incoming):
 
 class JobQuery(Page):
     state: JobState | None = None
-    name: Annotated[str, Field(max_length=64)] | None = None
+    name: Annotated[str, Field(max_length=64, pattern=NO_NUL)] | None = None
 
 
 # The dashboard
 
 
 class DashboardJobQuery(Page):
-    name: Annotated[str, Field(max_length=64)] | None = None
+    name: Annotated[str, Field(max_length=64, pattern=NO_NUL)] | None = None
     state: JobState | None = None
-    user: Annotated[str, Field(max_length=320)] | None = None  # a username, an email or a user id
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
-    q: Annotated[str, Field(max_length=200)] | None = None  # a job id, or text in its args or error
+    user: Annotated[str, Field(max_length=320, pattern=NO_NUL)] | None = None  # a username, an email or a user id
+    since: When | None = None
+    until: When | None = None
+    q: SearchText | None = None  # a job id, or text in its args or error
     dead: bool = False  # only failures that exhausted their tries
 
 

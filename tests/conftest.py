@@ -296,6 +296,10 @@ async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> Async
         SMTP_PORT=str(mail.port),
         WORKER_POLL_DELAY="0.01",
         WORKER_SHUTDOWN_GRACE="8",
+        # Floods are tested in process (test_security.py); here they would only get in the way of fuzzing.
+        ENQUEUE_QUOTA_PER_MINUTE="0",
+        LOGIN_ATTEMPTS_PER_IP="100000",
+        LOGIN_FAILURES_PER_ACCOUNT="100000",
     )
     uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
     with (

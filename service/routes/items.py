@@ -37,5 +37,5 @@ async def user_items(request: Request) -> Response:
 routes = [
     Route("/items", create_item, methods=["POST"]),
     *endpoints.routes("/items"),
-    Route("/users/{user_id:int}/items", user_items, methods=["GET"]),
+    Route("/users/{user_id:id}/items", user_items, methods=["GET"]),
 ]

@@ -104,8 +104,7 @@ async def abort_job(request: Request) -> Response:
     return respond(revoked.status())
 
 
-@operation(summary="Your job's state and progress as Server-Sent Events", tag="jobs", errors=(404,),
-           media_type="text/event-stream")  # fmt: skip
+@operation(summary="Your job's state and progress as Server-Sent Events", tag="jobs", errors=(404,), events=JobStatus)
 async def job_events(request: Request) -> Response:
     record = await own_job(request, await current_user(request))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -86,7 +86,7 @@ class OwnedEndpoints(Generic[M, Q]):
                 raise self._missing()
             return Response(status_code=204)
 
-        item_path = path + "/{id:int}"
+        item_path = path + "/{id:id}"
         return [
             Route(path, page, methods=["GET"], name=f"list_{noun}s"),
             Route(item_path, read, methods=["GET"], name=f"read_{noun}"),

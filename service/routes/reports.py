@@ -19,4 +19,4 @@ async def download_report(request: Request) -> Response:
     return Response(report.content, media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition})
 
 
-routes = [Route("/reports/{report_id:int}", download_report, methods=["GET"])]
+routes = [Route("/reports/{report_id:id}", download_report, methods=["GET"])]

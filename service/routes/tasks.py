@@ -79,6 +79,6 @@ async def background_status(request: Request) -> Response:
 routes = [
     Route("/tasks", create_task, methods=["POST"]),
     *endpoints.routes("/tasks"),
-    Route("/tasks/{id:int}/remind", remind, methods=["POST"]),
+    Route("/tasks/{id:id}/remind", remind, methods=["POST"]),
     Route("/tasks/background/{job_id:str}/status", background_status, methods=["GET"]),
 ]

@@ -63,6 +63,6 @@ routes = [
     Route("/users/me", read_me, methods=["GET"]),
     Route("/users/me", update_me, methods=["PATCH"]),
     Route("/users/me", delete_me, methods=["DELETE"]),
-    Route("/users/{user_id:int}", read_user, methods=["GET"]),
+    Route("/users/{user_id:id}", read_user, methods=["GET"]),
     Route("/users", list_users, methods=["GET"]),
 ]
