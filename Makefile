@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test worker migrate lint bench clean
+.PHONY: help install browser run test chaos worker migrate lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ browser: ## Chromium for the dashboard's browser test: Debian's package, install
 
 test: install browser ## the whole test suite, against servers it starts for itself
 	$(BIN)/python -m pytest
+
+chaos: install ## crashes, outages and floods against real processes; figures to docs/reliability.md
+	$(BIN)/python -m pytest tests/chaos
 
 worker: install ## one more arq worker against the servers of a running `make run` (SLOW=1: the slow queue's)
 	$(BIN)/python -m service worker $(if $(SLOW),--slow)

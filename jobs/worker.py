@@ -36,12 +36,13 @@ FAST_FUNCTIONS = [process_new_task, send_welcome_email, send_task_reminder_email
 SLOW_FUNCTIONS = [generate_report, long_running_calculation]
 
 
-def scheduled_jobs() -> list[CronJob]:
+def scheduled_jobs(settings: Settings) -> list[CronJob]:
     """Fresh each time: arq keeps each entry's next run on the entry itself.
 
     Every worker schedules each run under the same job id, so exactly one of them runs it.
     """
-    return [scheduled(send_due_reminders, second=0, run_at_startup=True)]
+    seconds = set(range(0, 60, settings.reminder_every_seconds))
+    return [scheduled(send_due_reminders, second=seconds, run_at_startup=True)]
 
 
 class OutageRetry(Retry):
@@ -104,17 +105,20 @@ async def startup_process(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for task in ctx["background"]:
+    """Stop what startup started; safe to call twice (python -m jobs calls it after a crash)."""
+    for task in ctx.pop("background", []):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await leave(ctx["redis"], ctx["stats"])
-    await ctx["db"].disconnect()
+    if "stats" in ctx:
+        await leave(ctx["redis"], ctx.pop("stats"))
+    if "db" in ctx:
+        await ctx.pop("db").disconnect()
 
 
 def worker_settings(settings: Settings, *, slow: bool = False, own_process: bool = False) -> type:
     """The WorkerSettings class arq reads, for these settings and one of the two queues."""
-    schedule = [] if slow else scheduled_jobs()  # the heartbeat reports the entries arq schedules
+    schedule = [] if slow else scheduled_jobs(settings)  # the heartbeat reports the entries arq schedules
     queue = keys.SLOW_QUEUE if slow else keys.QUEUE
     registered: list[Function] = SLOW_FUNCTIONS if slow else FAST_FUNCTIONS
 

@@ -42,9 +42,7 @@ def worker(settings: Settings, argv: list[str]) -> int:
     """One more arq worker against the servers of a running `make run` (or the configured ones)."""
     with provide(settings, start_embedded=False) as endpoints:
         env = {**os.environ, **endpoints.as_env()}
-    settings_class = "jobs.worker.SlowWorkerSettings" if "--slow" in argv else "jobs.worker.WorkerSettings"
-    arq_args = [arg for arg in argv if arg != "--slow"]
-    os.execvpe(sys.executable, [sys.executable, "-m", "arq", settings_class, *arq_args], env)
+    os.execvpe(sys.executable, [sys.executable, "-m", "jobs", *argv], env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,16 +51,17 @@ async def authenticate(state: AppState, *, login: str, password: str, client_ip:
     """The active user with this username or email and password, or None; 429 when throttled.
 
     An unknown login costs what a wrong password does, so timing does not tell which usernames
-    exist. Throttling is checked before any hashing, so a flood costs little CPU.
+    exist. Throttling comes before any hashing, so a flood costs little CPU.
     """
     per_account, per_ip = login_limits(state.settings)
     account = login.strip().lower()
-    await throttle.refuse_if_over(state.redis, per_account, account, "Too many failed logins for this account")
+    # Each attempt is counted before the password is checked, so that a burst of concurrent guesses
+    # gets no more checks than the limit; a successful login forgets the account's count.
     await throttle.check(state.redis, per_ip, client_ip, "Too many login attempts from this address")
+    await throttle.check(state.redis, per_account, account, "Too many failed logins for this account")
     user = await find_by_login(state.db, login=login)
     valid = await state.passwords.verify(user.hashed_password if user else None, password)
     if user is None or not valid or not user.is_active:
-        await throttle.count(state.redis, per_account, account)
         return None
     await throttle.forget(state.redis, per_account, account)
     if state.passwords.needs_rehash(user.hashed_password):

@@ -62,8 +62,9 @@ def api_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_command(settings_class: str = "WorkerSettings") -> list[str]:
-    return [sys.executable, "-m", "arq", f"jobs.worker.{settings_class}"]
+def worker_command(*, slow: bool = False) -> list[str]:
+    """arq's worker, kept running through Redis restarts (see jobs/__main__.py)."""
+    return [sys.executable, "-m", "jobs", *(["--slow"] if slow else [])]
 
 
 def mailcatcher_command() -> list[str]:
@@ -138,7 +139,7 @@ def run(settings: Settings) -> int:
             children.append(spawn("mail catcher", mailcatcher_command(), env))
             extra.append(f"SMTP       {settings.smtp_host}:{settings.smtp_port} (mail catcher: emails print below)")
         children.append(spawn("worker", worker_command(), env))
-        children.append(spawn("slow worker", worker_command("SlowWorkerSettings"), env))
+        children.append(spawn("slow worker", worker_command(slow=True), env))
         children.append(spawn("api", api_command(settings), env))
         print(banner(settings, endpoints, extra), flush=True)
         return supervise(children)

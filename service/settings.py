@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=2.0, gt=0, le=600)
     reminder_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    reminder_every_seconds: int = Field(default=60, ge=1, le=60)  # how often the due-reminder cron runs
     worker_shutdown_grace: int = Field(default=20, ge=0, le=3600)
     reconcile_seconds: float = Field(default=5.0, ge=0, le=3600)  # 0: no reconciler in this worker
     db_connect_timeout: float = Field(default=2.0, gt=0, le=60)

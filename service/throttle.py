@@ -46,16 +46,5 @@ async def check(redis: Redis, rule: Limit, subject: str, message: str) -> None:
         raise TooManyRequests(message, ttl / 1000)
 
 
-async def refuse_if_over(redis: Redis, rule: Limit, subject: str, message: str) -> None:
-    """Refuse (429) while the subject is over the limit, without counting anything."""
-    key = rule.key(subject)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(key)
-        pipe.pttl(key)
-        events, ttl = await pipe.execute()
-    if events is not None and int(events) >= rule.limit:
-        raise TooManyRequests(message, ttl / 1000)
-
-
 async def forget(redis: Redis, rule: Limit, subject: str) -> None:
     await redis.delete(rule.key(subject))

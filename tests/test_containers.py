@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-LONG_RUNNING = ("postgres", "redis", "mail", "api", "worker")
-ALL_SERVICES = ("postgres", "redis", "mail", "migrate", "api", "worker")
-APP_SERVICES = ("api", "worker")
+LONG_RUNNING = ("postgres", "redis", "mail", "api", "worker", "slow-worker")
+ALL_SERVICES = ("postgres", "redis", "mail", "migrate", "api", "worker", "slow-worker")
+APP_SERVICES = ("api", "worker", "slow-worker")
 WORKER_SETTINGS = "jobs.worker.WorkerSettings"
 POSTGRES_DATA = "/var/lib/postgresql/data"  # PGDATA of the official postgres images up to 17
 
@@ -235,8 +235,8 @@ def test_app_waits_for_migrations_to_complete(services: dict[str, dict[str, Any]
 
 def test_api_and_worker_share_one_environment_anchor(compose_text: str, services: dict[str, dict[str, Any]]) -> None:
     services_node = mapping_node(yaml.compose(compose_text), "services")
-    api_env, worker_env = (mapping_node(mapping_node(services_node, name), "environment") for name in APP_SERVICES)
-    assert api_env is worker_env, "api and worker environments are separate copies, not one *alias"
+    api_env, *worker_envs = (mapping_node(mapping_node(services_node, name), "environment") for name in APP_SERVICES)
+    assert all(api_env is env for env in worker_envs), "api and worker environments are separate copies, not one *alias"
 
     environment = services["api"]["environment"]
     assert isinstance(environment, dict), "the shared environment is not a mapping"
@@ -268,10 +268,20 @@ def test_compose_refuses_to_start_without_a_jwt_secret(services: dict[str, dict[
         interpolate(str(services["api"]["environment"]["JWT_SECRET"]), {})
 
 
-def test_worker_healthcheck_asks_arq(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
-    assert healthcheck_argv(worker["healthcheck"]) == ["arq", WORKER_SETTINGS, "--check"]
-    assert argv(worker.get("command") or [])[:2] == ["arq", WORKER_SETTINGS], "the worker runs other settings"
+@pytest.mark.parametrize(
+    ("name", "settings_class", "command"),
+    [
+        ("worker", WORKER_SETTINGS, ["python", "-m", "jobs"]),
+        ("slow-worker", "jobs.worker.SlowWorkerSettings", ["python", "-m", "jobs", "--slow"]),
+    ],
+)
+def test_workers_run_arq_and_their_healthcheck_asks_arq(
+    services: dict[str, dict[str, Any]], name: str, settings_class: str, command: list[str]
+) -> None:
+    worker = services[name]
+    assert healthcheck_argv(worker["healthcheck"]) == ["arq", settings_class, "--check"]
+    assert argv(worker.get("command") or []) == command, "the worker runs other settings"
+    assert worker.get("restart") == "unless-stopped"
 
 
 def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
@@ -283,7 +293,7 @@ def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
 
 def test_api_and_worker_are_built_from_the_same_dockerfile(services: dict[str, dict[str, Any]]) -> None:
     builds = {name: build_of(services[name]) for name in (*APP_SERVICES, "migrate")}
-    assert builds["api"] == builds["worker"] == builds["migrate"], builds
+    assert builds["api"] == builds["worker"] == builds["slow-worker"] == builds["migrate"], builds
     assert builds["api"][0] == DOCKERFILE
 
 

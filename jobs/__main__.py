@@ -1,0 +1,51 @@
+"""`python -m jobs [--slow] [--burst]`: arq's worker, kept running through Redis outages.
+
+`arq jobs.worker.WorkerSettings` works as well, but when Redis restarts in the middle of one of
+arq's WATCH transactions, arq's poll loop raises and the process exits (python-arq/arq#498),
+leaving it to a supervisor to start it again. Here that supervisor is built in: the worker is
+closed (letting its running jobs finish) and a fresh one starts once Redis answers. SIGTERM and
+SIGINT still stop it for good, after arq's graceful wait.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+
+from arq.worker import Worker, create_worker
+from redis.exceptions import RedisError
+
+from jobs.worker import SlowWorkerSettings, WorkerSettings, shutdown
+
+log = logging.getLogger("jobs")
+RESTART_DELAY = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.splitlines()[0])
+    parser.add_argument("--slow", action="store_true", help="serve the slow queue (reports, long calculations)")
+    parser.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
+    args = parser.parse_args(argv)
+    settings = SlowWorkerSettings if args.slow else WorkerSettings
+    while True:
+        worker = create_worker(settings, burst=args.burst)
+        try:
+            worker.run()
+        except (RedisError, OSError) as exc:
+            log.warning("Redis failed under arq (%r); starting the worker again in %.0f s", exc, RESTART_DELAY)
+            worker.loop.run_until_complete(_clean_up(worker))
+            continue
+        return 0
+
+
+async def _clean_up(worker: Worker) -> None:
+    """What arq's close() could not finish with Redis away: our shutdown hook, and the pool."""
+    await shutdown(worker.ctx)  # idempotent: a no-op if arq got to run it
+    with contextlib.suppress(RedisError, OSError):
+        await worker.pool.aclose(close_connection_pool=True)
+    await asyncio.sleep(RESTART_DELAY)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
