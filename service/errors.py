@@ -98,6 +98,7 @@ DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InternalClientError,  # a connection the server dropped in the middle of a statement
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
