@@ -127,12 +127,11 @@ async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, 
     if is_transient(error) and not retry:
         # A dead letter: it might have worked with more tries. The dashboard lists these apart.
         details.update(message=f"gave up after {tries} tries: {details['message']}", exhausted=True)
+    state = JobState.RETRY if retry else JobState.FAILURE
     try:
-        if retry:
-            record = await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=JobState.RETRY, error=details)
-        else:
-            record = await jobs.finish(ctx["db"], job_id=ctx["job_id"], state=JobState.FAILURE, error=details)
-        await _changed(ctx, record)
+        # In a task of its own: when PostgreSQL dropped this task's connection mid-statement,
+        # `databases` keeps that broken connection for the rest of the task (its connections are per task).
+        await asyncio.create_task(_record(ctx, state, details))
     except Exception as unrecorded:
         if not (is_transient(unrecorded) and tries < max_tries):
             raise
@@ -144,8 +143,16 @@ async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, 
     ctx["stats"].failed += 1
 
 
+async def _record(ctx: JobContext, state: JobState, error: dict[str, Any]) -> None:
+    if state.is_final:
+        record = await jobs.finish(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
+    else:
+        record = await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
+    await _changed(ctx, record)
+
+
 async def _interrupted(ctx: JobContext) -> None:
     """Cancelled: an abort (the row is REVOKED already, and stays so) or a worker shutting down
     (arq runs the job again, so it waits as RETRY)."""
     error = {"type": "Interrupted", "message": "the worker stopped during the job; it will run again"}
-    await _changed(ctx, await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=JobState.RETRY, error=error))
+    await asyncio.create_task(_record(ctx, JobState.RETRY, error))
