@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run test chaos worker migrate lint bench clean
+.PHONY: help install browser wrk run test chaos bench worker migrate lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,14 @@ test: install browser ## the whole test suite, against servers it starts for its
 
 chaos: install ## crashes, outages and floods against real processes; figures to docs/reliability.md
 	$(BIN)/python -m pytest tests/chaos
+
+wrk: ## the HTTP load generator for `make bench`: Debian's package, installed when root and missing
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
+	  echo "No wrk: install it with your package manager to run the HTTP benchmarks."
+
+bench: install wrk ## ours against baselines measured in the same run; the table goes to docs/benchmarks.md
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m tests.bench.run
 
 worker: install ## one more arq worker against the servers of a running `make run` (SLOW=1: the slow queue's)
 	$(BIN)/python -m service worker $(if $(SLOW),--slow)

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import sys
 
-from arq.worker import Worker, create_worker
+from arq.worker import Worker, get_kwargs
 from redis.exceptions import RedisError
 
+from jobs.wakeup import WakeableWorker
 from jobs.worker import SlowWorkerSettings, WorkerSettings, shutdown
 
 log = logging.getLogger("jobs")
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = SlowWorkerSettings if args.slow else WorkerSettings
     while True:
-        worker = create_worker(settings, burst=args.burst)
+        worker = WakeableWorker(**{**get_kwargs(settings), "burst": args.burst})
         try:
             worker.run()
         except (RedisError, OSError) as exc:

@@ -4,6 +4,7 @@ Once the job row exists the work is durable: if Redis loses the queued job (a cr
 restart without persistence) the worker's reconciler enqueues it again from the row.
 """
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -11,10 +12,12 @@ from typing import Any
 
 import redis.exceptions
 from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms
+from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from databases import Database
 
-from service import keys
+from service import jobcodec, keys
 from service.errors import APIError
 from service.events import publish
 from service.metrics import count_job_event
@@ -64,19 +67,47 @@ async def record_job(
     return record
 
 
+# arq's enqueue_job, in one round trip instead of four (WATCH, EXISTS, MULTI ... EXEC): the same
+# keys and the same payload, so arq's workers and CLI see an ordinary arq job. It also counts the
+# job in the metrics and wakes the idle workers of its queue (jobs.wakeup).
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+redis.call('PUBLISH', ARGV[6], '')
+return 1
+"""
+ENQUEUE_SHA = hashlib.sha1(ENQUEUE.encode()).hexdigest()  # EVALSHA: the script travels once per server
+
+
 async def enqueue(pool: ArqRedis, record: JobRecord, *, job_try: int | None = None) -> None:
     """Put the recorded job on arq's queue; a no-op while arq still holds it or its result.
     job_try numbers the next run when Redis lost arq's own count of the earlier ones."""
+    now = timestamp_ms()
+    payload = serialize_job(record.name, (), record.args, job_try, now, serializer=jobcodec.serialize)
+    script_keys = [
+        keys.ARQ_JOB + record.job_id,
+        keys.ARQ_RESULT + record.job_id,
+        record.queue_name,
+        keys.METRICS_JOB_EVENTS,
+    ]
+    script_args: list[Any] = [
+        record.job_id,
+        payload,
+        expires_extra_ms,
+        now,
+        f"{record.name}|enqueued",
+        keys.wake(record.queue_name),
+    ]
     try:
-        queued = await pool.enqueue_job(
-            record.name, _job_id=record.job_id, _queue_name=record.queue_name, _job_try=job_try, **record.args
-        )
+        try:
+            await pool.evalsha(ENQUEUE_SHA, len(script_keys), *script_keys, *script_args)  # type: ignore[misc]
+        except redis.exceptions.NoScriptError:  # a new or restarted Redis: send the script itself
+            await pool.eval(ENQUEUE, len(script_keys), *script_keys, *script_args)  # type: ignore[misc]
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         # Accepted all the same: the row is durable and the reconciler enqueues it once Redis is back.
         log.warning("job %s recorded but not enqueued (%r); the reconciler will enqueue it", record.job_id, exc)
-        return
-    if queued is not None:
-        await count_job_event(pool, record.name, "enqueued")
 
 
 async def revoke(db: Database, pool: ArqRedis, record: JobRecord) -> JobRecord | None:

@@ -40,5 +40,10 @@ def job_events(job_id: str) -> str:
     return JOB_EVENTS + job_id
 
 
+def wake(queue: str) -> str:
+    """The pub/sub channel that wakes the idle workers of a queue when a job is enqueued on it."""
+    return PREFIX + "wake:" + queue
+
+
 def queue_for(job_name: str) -> str:
     return SLOW_QUEUE if job_name in SLOW_JOBS else QUEUE

@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from arq.worker import Worker, create_worker
+from arq.worker import Worker, get_kwargs
 from databases import Database
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from jobs.wakeup import WakeableWorker
 from jobs.worker import worker_settings
 from service import mailcatcher, migrate
 from service.app import create_app
@@ -140,10 +141,11 @@ def settings(database_url: str, servers: Servers, mailbox: MailBox) -> Settings:
 def make_worker(
     settings: Settings, *, slow: bool = False, burst: bool = True, cron: bool = False, **overrides: Any
 ) -> Worker:
-    options = {"burst": burst, "poll_delay": 0.01, "handle_signals": False, **overrides}
+    """The worker `python -m jobs` runs (woken by enqueues), in this process."""
+    options = {"burst": burst, "handle_signals": False, "idle_poll": 0.05, **overrides}
     if not cron:
         options["cron_jobs"] = []
-    return create_worker(worker_settings(settings, slow=slow), **options)
+    return WakeableWorker(**{**get_kwargs(worker_settings(settings, slow=slow)), **options})
 
 
 async def _run(worker: Worker) -> Worker:

@@ -1,0 +1,424 @@
+"""`make bench`: the service against baselines measured in the same run, on servers of its own.
+
+Prints a table and writes it to docs/benchmarks.md. Not part of `make test`: figures are read, not
+asserted, because the machine is shared and noisy; compare the ratios measured side by side.
+"""
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import sqlalchemy as sa
+from arq import create_pool
+from arq.connections import RedisSettings
+from databases import Database
+from redis.asyncio import Redis
+
+from service import dispatch, migrate
+from service.app import open_redis
+from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.servers import ensure_database
+
+PROJECT = Path(__file__).resolve().parents[2]
+REPORT = PROJECT / "docs" / "benchmarks.md"
+SECRET = "bench-secret-" + "b" * 40
+PASSWORD = "bench password"
+CONNECTIONS = 64
+DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
+JOBS = int(os.environ.get("BENCH_JOBS", "5000"))
+PICKUPS = 200
+
+
+@dataclass
+class Figure:
+    runs: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+
+    def best(self) -> float:
+        return max(self.runs)
+
+    def spread(self, unit: str = "") -> str:
+        low, high = min(self.runs), max(self.runs)
+        return (
+            f"{high:,.0f}{unit}"
+            if len(self.runs) == 1 or round(low) == round(high)
+            else f"{low:,.0f}-{high:,.0f}{unit}"
+        )
+
+
+@dataclass
+class Bench:
+    base: Path
+    postgres: EmbeddedPostgres = field(init=False)
+    valkey: EmbeddedValkey = field(init=False)
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, figure, latency, ratio
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def database_url(self) -> str:
+        return sa.make_url(self.postgres.url).set(database="bench").render_as_string(hide_password=False)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET")}
+        return {
+            **keep,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.valkey.url,
+            "JWT_SECRET": SECRET,
+            "ENQUEUE_QUOTA_PER_MINUTE": "0",
+            "LOGIN_ATTEMPTS_PER_IP": "100000",
+            "ACCESS_LOG": "false",
+            "PYTHONPATH": str(PROJECT),
+            **extra,
+        }
+
+    def start_servers(self) -> None:
+        self.postgres = EmbeddedPostgres(self.base / "postgres")
+        self.valkey = EmbeddedValkey(self.base / "valkey")
+        self.postgres.start()
+        self.valkey.start()
+        asyncio.run(ensure_database(self.database_url))
+        migrate.upgrade(self.database_url)
+        asyncio.run(self.sql("CREATE TABLE IF NOT EXISTS bench_tasks (id bigserial PRIMARY KEY, title text)"))
+
+    def stop_servers(self) -> None:
+        self.valkey.stop()
+        self.postgres.stop()
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    async def flush_redis(self) -> None:
+        redis = Redis.from_url(self.valkey.url)
+        await redis.flushdb()
+        await redis.aclose()
+
+    def process(self, argv: list[str], name: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.base / f"{name}.log").open("ab")
+        return subprocess.Popen(argv, cwd=PROJECT, env=self.env(**env), stdout=log, stderr=log)
+
+    def serve(self, app: str, name: str, *, factory: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), app]
+        argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        proc = self.process(argv, name)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{base}/healthz" if factory else f"{base}/const", timeout=1).status_code == 200:
+                    return proc, base
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start; see {self.base / name}.log")
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# HTTP, with wrk
+
+
+def wrk(
+    url: str, *, method: str = "GET", body: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[float, float, float]:
+    """Requests per second, p50 and p99 in milliseconds."""
+    script = ["wrk.method = " + json.dumps(method)]
+    if body is not None:
+        script.append("wrk.body = " + json.dumps(body))
+    for key, value in (headers or {}).items():
+        script.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write("\n".join(script) + "\n")
+    argv = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-s", lua.name, url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    os.unlink(lua.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{url}: {non2xx.group(1)} error responses\n{out}")
+    return rps, _ms(out, "50%"), _ms(out, "99%")
+
+
+def _ms(out: str, quantile: str) -> float:
+    value, unit = re.search(rf"{quantile}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure(run: Callable[[], tuple[float, float, float]]) -> Figure:
+    figure = Figure()
+    for _ in range(REPEATS):
+        rps, p50, p99 = run()
+        figure.runs.append(rps)
+        figure.p50.append(p50)
+        figure.p99.append(p99)
+    return figure
+
+
+def latency(figure: Figure) -> str:
+    return f"p50 {min(figure.p50):.1f} ms, p99 {min(figure.p99):.1f}-{max(figure.p99):.1f} ms"
+
+
+def http_benchmarks(bench: Bench) -> None:
+    service, ours = bench.serve("service.app:create_app", "api", factory=True)
+    baseline, base = bench.serve("tests.bench.baseline_app:app", "baseline")
+    try:
+        user = {"email": "bench@example.com", "username": "bench", "password": PASSWORD}
+        httpx.post(f"{ours}/auth/register", json=user).raise_for_status()
+        token = httpx.post(f"{ours}/auth/token", data={"username": "bench", "password": PASSWORD}).json()[
+            "access_token"
+        ]
+        auth = {"Authorization": f"Bearer {token}"}
+        post = {**auth, "Content-Type": "application/json"}
+        task = json.dumps({"title": "Benchmark the service", "priority": "high"})
+        const = measure(lambda: wrk(f"{base}/const"))
+        checked = measure(lambda: wrk(f"{base}/jwt", headers=auth))
+        raw_arq = measure(lambda: wrk(f"{base}/enqueue", method="POST", body=task, headers=post))
+        tasks = measure(lambda: wrk(f"{ours}/tasks", method="POST", body=task, headers=post))
+        api_rss = rss_mb(service.pid)
+    finally:
+        stop(service)
+        stop(baseline)
+    bench.rows += [
+        ("Starlette, constant JSON (baseline)", const.spread(" req/s"), latency(const), ""),
+        ("Starlette, JWT check only (baseline)", checked.spread(" req/s"), latency(checked), ""),
+        ("Starlette + raw arq `enqueue_job` (baseline)", raw_arq.spread(" req/s"), latency(raw_arq), "1.00x"),
+        (
+            "**ours: `POST /tasks`** (JWT, user, validation, job row, enqueue, metrics)",
+            tasks.spread(" req/s"),
+            latency(tasks),
+            f"{tasks.best() / raw_arq.best():.2f}x raw arq",
+        ),
+    ]
+    bench.notes.append(f"API process RSS after its load: {api_rss:.0f} MB.")
+
+
+# Workers
+
+
+async def _submit_ours(bench: Bench, count: int, *, spacing: float = 0.0) -> None:
+    async with Database(bench.database_url, min_size=1, max_size=20) as db:
+        owner = (await bench.sql("SELECT id FROM users ORDER BY id LIMIT 1"))[0]["id"]
+        pool = open_redis(_settings(bench))
+        try:
+            if spacing:
+                for n in range(count):
+                    await _one(db, pool, owner, n)
+                    await asyncio.sleep(spacing)
+            else:
+                for start in range(0, count, 200):
+                    await asyncio.gather(*(_one(db, pool, owner, n) for n in range(start, min(count, start + 200))))
+        finally:
+            await pool.aclose()
+
+
+def _settings(bench: Bench) -> Any:
+    from service.settings import Settings
+
+    return Settings(database_url=bench.database_url, redis_url=bench.valkey.url, jwt_secret=SECRET)
+
+
+async def _one(db: Database, pool: Any, owner: int, n: int) -> None:
+    args = {"owner_id": owner, "title": f"bench {n}", "description": None, "due_at": None, "priority": "normal"}
+    await dispatch.submit(db, pool, name="process_new_task", owner_id=owner, args=args)
+
+
+async def _ours_window(bench: Bench, count: int) -> tuple[float, list[float]]:
+    """Jobs per second between the first start and the last finish; each job's pickup delay (s)."""
+    rows = await bench.sql(
+        "SELECT started_at, finished_at, enqueued_at FROM jobs WHERE name = 'process_new_task' AND state = 'SUCCESS'"
+        " ORDER BY enqueued_at DESC LIMIT $1",
+        count,
+    )
+    first = min(row["started_at"] for row in rows)
+    last = max(row["finished_at"] for row in rows)
+    pickups = [(row["started_at"] - row["enqueued_at"]).total_seconds() for row in rows]
+    return len(rows) / (last - first).total_seconds(), pickups
+
+
+async def _wait_done(bench: Bench, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = await bench.sql("SELECT count(*) AS n FROM jobs WHERE name = 'process_new_task' AND state = 'SUCCESS'")
+        if done[0]["n"] >= count:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("our worker did not finish the jobs in time")
+
+
+def ours_worker(bench: Bench) -> None:
+    asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
+    asyncio.run(bench.flush_redis())
+    asyncio.run(_submit_ours(bench, JOBS))
+    worker = bench.process([sys.executable, "-m", "jobs"], "worker")
+    try:
+        asyncio.run(_wait_done(bench, JOBS))
+        rate, _ = asyncio.run(_ours_window(bench, JOBS))
+        worker_rss = rss_mb(worker.pid)
+        asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
+        idle = asyncio.run(_idle_commands(bench))
+        asyncio.run(_submit_ours(bench, PICKUPS, spacing=0.02))
+        asyncio.run(_wait_done(bench, PICKUPS))
+        _, pickups = asyncio.run(_ours_window(bench, PICKUPS))
+    finally:
+        stop(worker)
+    bench.rows.append(
+        (
+            "**ours: `process_new_task`**, 1 worker process (insert + job history + events + metrics)",
+            f"{rate:,.0f} jobs/s",
+            _pickup(pickups),
+            f"{idle:.0f} Redis commands/s idle",
+        )
+    )
+    bench.notes.append(f"Worker RSS after {JOBS:,} jobs: {worker_rss:.0f} MB.")
+
+
+async def _idle_commands(bench: Bench, seconds: float = 5.0) -> float:
+    redis = Redis.from_url(bench.valkey.url)
+    await asyncio.sleep(1)
+    before = int((await redis.info("stats"))["total_commands_processed"])
+    await asyncio.sleep(seconds)
+    after = int((await redis.info("stats"))["total_commands_processed"])
+    await redis.aclose()
+    return (after - before - 2) / seconds  # the two INFO commands are ours
+
+
+def _pickup(seconds: list[float]) -> str:
+    ms = sorted(value * 1000 for value in seconds)
+    return f"pickup p50 {statistics.median(ms):.1f} ms, p99 {ms[int(len(ms) * 0.99) - 1]:.1f} ms"
+
+
+async def _enqueue_baseline(bench: Bench, kind: str, function: str, count: int, spacing: float = 0.0) -> None:
+    async def one(n: int) -> None:
+        if kind == "saq":
+            await saq_queue.enqueue(function, title=f"bench {n}")
+        else:
+            await arq_pool.enqueue_job(function, f"bench {n}")
+
+    if kind == "saq":
+        from saq import Queue
+
+        saq_queue = Queue.from_url(bench.valkey.url)
+        await saq_queue.connect()
+    else:
+        arq_pool = await create_pool(RedisSettings.from_dsn(bench.valkey.url))
+    try:
+        if spacing:
+            for n in range(count):
+                await one(n)
+                await asyncio.sleep(spacing)
+        else:
+            for start in range(0, count, 500):
+                await asyncio.gather(*(one(n) for n in range(start, min(count, start + 500))))
+    finally:
+        await (saq_queue.disconnect() if kind == "saq" else arq_pool.aclose())
+
+
+def baseline_worker(bench: Bench, kind: str, function: str, *, pickups: bool = False) -> dict[str, Any]:
+    asyncio.run(bench.flush_redis())
+    count = PICKUPS if pickups else JOBS
+    if not pickups:
+        asyncio.run(_enqueue_baseline(bench, kind, function, count))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.workers", kind, str(count)],
+        cwd=PROJECT, env=bench.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    if pickups:
+        time.sleep(2)  # idle, as a worker waiting for work
+        asyncio.run(_enqueue_baseline(bench, kind, function, count, spacing=0.02))
+    out, _ = proc.communicate(timeout=600)
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def baseline_workers(bench: Bench) -> None:
+    for kind, label in (
+        ("arq-default", "arq, defaults (max_jobs 10, poll 0.5 s)"),
+        ("arq-tuned", "arq, tuned (max_jobs 100, poll 0.01 s)"),
+        ("saq", "SAQ (blocking dequeue, concurrency 100)"),
+    ):
+        if kind == "saq" and not _saq_installed():
+            bench.notes.append("SAQ is not installed beside arq here: its rows are missing.")
+            continue
+        rates = {}
+        for function in ("noop", "insert"):
+            result = baseline_worker(bench, kind, function)
+            rates[function] = result["done"] / (result["last_finish"] - result["first_start"])
+        pickups = baseline_worker(bench, kind, "noop", pickups=True)["pickups"]
+        bench.rows.append(
+            (
+                f"{label} (baseline)",
+                f"{rates['noop']:,.0f} noop, {rates['insert']:,.0f} insert jobs/s",
+                _pickup(pickups),
+                "",
+            )
+        )
+
+
+def _saq_installed() -> bool:
+    return subprocess.run([sys.executable, "-c", "import saq"], capture_output=True).returncode == 0
+
+
+def render(bench: Bench) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"`make bench`, {time.strftime('%Y-%m-%d')}, on {os.cpu_count()} cores shared by the load generator (wrk, "
+        f"{CONNECTIONS} connections, {DURATION} s x {REPEATS} runs), the server, PostgreSQL and Valkey. One uvicorn "
+        "process, one worker process. Ranges are min-max over the runs.",
+        "",
+        "| what | throughput | latency | ratio / note |",
+        "|---|---|---|---|",
+        *(f"| {what} | {figure} | {lat} | {ratio} |" for what, figure, lat, ratio in bench.rows),
+        "",
+        *(f"- {note}" for note in bench.notes),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: `make bench` installs Debian's package when run as root, or install it yourself.")
+    base = Path(tempfile.mkdtemp(prefix="bench-"))
+    bench = Bench(base)
+    bench.start_servers()
+    try:
+        http_benchmarks(bench)
+        ours_worker(bench)
+        baseline_workers(bench)
+    finally:
+        bench.stop_servers()
+    REPORT.write_text(render(bench))
+    print(render(bench))
+
+
+if __name__ == "__main__":
+    main()
