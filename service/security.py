@@ -4,7 +4,8 @@ import asyncio
 import secrets
 import time
 import warnings
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import jwt
 from argon2 import PasswordHasher as Argon2Hasher
@@ -52,14 +53,22 @@ class Passwords:
         return self._hasher.check_needs_rehash(hashed)
 
 
+VERIFIED_CACHE_SIZE = 10_000
+
+
 @dataclass(frozen=True)
 class Tokens:
-    """Issues and checks access tokens; the algorithm list is pinned, every claim is required."""
+    """Issues and checks access tokens; the algorithm list is pinned, every claim is required.
+
+    A token that verified is remembered (a bounded number of them) until it expires, so that a
+    client's next requests skip the HMAC and the claim checks.
+    """
 
     key: str
     issuer: str
     audience: str
     lifetime_seconds: int
+    _verified: OrderedDict[str, tuple[int, float]] = field(default_factory=OrderedDict, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Tokens":
@@ -83,6 +92,15 @@ class Tokens:
 
     def user_id(self, token: str) -> int:
         """The user id the token was issued to; InvalidToken for anything else."""
+        if (known := self._verified.get(token)) is not None and known[1] > time.time():
+            return known[0]
+        user_id, expires = self._verify(token)
+        self._verified[token] = (user_id, expires)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return user_id
+
+    def _verify(self, token: str) -> tuple[int, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -92,7 +110,7 @@ class Tokens:
                 issuer=self.issuer,
                 options={"require": REQUIRED_CLAIMS},
             )
-            return int(claims["sub"])
+            return int(claims["sub"]), float(claims["exp"])
         except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc)) from None
 

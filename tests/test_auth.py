@@ -7,6 +7,7 @@ import jwt
 import pytest
 from databases import Database
 
+from service.security import InvalidToken, Tokens
 from service.settings import Settings
 from tests.conftest import PASSWORD, TEST_SECRET, login, register
 
@@ -143,3 +144,13 @@ def test_production_refuses_to_start_without_a_strong_secret() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         Settings(env="production", jwt_secret="short")
     assert Settings(env="production", jwt_secret="z" * 32).jwt_secret is not None
+
+
+def test_a_remembered_token_still_expires() -> None:
+    tokens = Tokens(key="k" * 40, issuer="taskmanager", audience="taskmanager-api", lifetime_seconds=1)
+    token = tokens.issue(7)
+    assert tokens.user_id(token) == 7
+    assert tokens.user_id(token) == 7  # remembered
+    time.sleep(1.1)
+    with pytest.raises(InvalidToken):
+        tokens.user_id(token)

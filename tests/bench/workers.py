@@ -52,7 +52,7 @@ class Clock:
 
 async def run_arq(kind: str, expected: int) -> Clock:
     from arq.connections import RedisSettings
-    from arq.worker import Worker
+    from arq.worker import Worker, func
 
     clock = Clock(expected)
 
@@ -71,7 +71,7 @@ async def run_arq(kind: str, expected: int) -> Clock:
 
     tuned = kind == "arq-tuned"
     worker = Worker(
-        [noop, insert],
+        [func(noop, name="noop"), func(insert, name="insert")],
         redis_settings=RedisSettings.from_dsn(REDIS_URL),
         on_startup=startup,
         max_jobs=100 if tuned else 10,
@@ -103,7 +103,7 @@ async def run_saq(expected: int) -> Clock:
         clock.ended()
 
     queue = Queue.from_url(REDIS_URL)
-    worker = Worker(queue, functions=[noop, insert], concurrency=100)
+    worker = Worker(queue, functions=[("noop", noop), ("insert", insert)], concurrency=100)
     task = asyncio.create_task(worker.start())
     await clock.finished.wait()
     await worker.stop()
