@@ -20,7 +20,7 @@ from jobs.context import JobContext
 from jobs.retry import backoff, is_transient
 from service import keys
 from service.events import publish
-from service.metrics import count_job_event, observe_job_duration
+from service.metrics import count_job_event
 from service.queries import jobs
 from service.requestid import request_id
 from service.schemas import JobRecord, JobState
@@ -73,11 +73,11 @@ async def _run(
             return None
         request_id.set(record.request_id)
         log.info("job started", extra={"job": name, "job_id": job_id, "try": ctx["job_try"]})
-        await _changed(ctx, record, "started")
+        await publish(ctx["redis"], record, metric="started")
         async with asyncio.timeout(timeout):
             result = await function(ctx, **kwargs)
-        await _changed(ctx, await jobs.finish(ctx["db"], job_id=job_id, state=JobState.SUCCESS, result=result))
-        await _ended(ctx, name, "succeeded", started)
+        finished = await jobs.finish(ctx["db"], job_id=job_id, state=JobState.SUCCESS, result=result)
+        await _ended(ctx, name, finished, "succeeded", started)
         stats.complete += 1
         return result
     except asyncio.CancelledError:
@@ -95,23 +95,16 @@ async def _run(
         request_id.reset(token)
 
 
-async def _changed(ctx: JobContext, record: JobRecord | None, event: str | None = None) -> None:
-    if record is not None:
-        await publish(ctx["redis"], record)
-        if event is not None:
-            await count_job_event(ctx["redis"], record.name, event)
-
-
-async def _ended(ctx: JobContext, name: str, outcome: str, started: float) -> None:
+async def _ended(ctx: JobContext, name: str, record: JobRecord | None, outcome: str, started: float) -> None:
+    """Log the run's end, and publish it with its metrics (in one round trip when there is a record)."""
     seconds = time.perf_counter() - started
-    log.info(
-        "job %s",
-        outcome,
-        extra={"job": name, "job_id": ctx["job_id"], "try": ctx["job_try"], "duration_ms": round(seconds * 1000, 1)},
-    )
-    await count_job_event(ctx["redis"], name, outcome)
-    if outcome != "retried":
-        await observe_job_duration(ctx["redis"], name, seconds)
+    extra = {"job": name, "job_id": ctx["job_id"], "try": ctx["job_try"], "duration_ms": round(seconds * 1000, 1)}
+    log.info("job %s", outcome, extra=extra)
+    duration = None if outcome == "retried" else seconds
+    if record is not None:
+        await publish(ctx["redis"], record, metric=outcome, seconds=duration)
+    else:
+        await count_job_event(ctx["redis"], name, outcome, duration)
 
 
 def _error(error: BaseException) -> dict[str, str]:
@@ -128,31 +121,31 @@ async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, 
         # A dead letter: it might have worked with more tries. The dashboard lists these apart.
         details.update(message=f"gave up after {tries} tries: {details['message']}", exhausted=True)
     state = JobState.RETRY if retry else JobState.FAILURE
+    record = None
     try:
         # In a task of its own: when PostgreSQL dropped this task's connection mid-statement,
         # `databases` keeps that broken connection for the rest of the task (its connections are per task).
-        await asyncio.create_task(_record(ctx, state, details))
+        record = await asyncio.create_task(_record(ctx, state, details))
     except Exception as unrecorded:
         if not (is_transient(unrecorded) and tries < max_tries):
             raise
         retry = True  # the outcome could not be recorded: run the job again rather than lose track of it
-    await _ended(ctx, name, "retried" if retry else "failed", started)
+    await _ended(ctx, name, record, "retried" if retry else "failed", started)
     if retry:
         ctx["stats"].retried += 1
         raise Retry(defer=backoff(tries, base=ctx["settings"].retry_base_seconds)) from error
     ctx["stats"].failed += 1
 
 
-async def _record(ctx: JobContext, state: JobState, error: dict[str, Any]) -> None:
+async def _record(ctx: JobContext, state: JobState, error: dict[str, Any]) -> JobRecord | None:
     if state.is_final:
-        record = await jobs.finish(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
-    else:
-        record = await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
-    await _changed(ctx, record)
+        return await jobs.finish(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
+    return await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
 
 
 async def _interrupted(ctx: JobContext) -> None:
     """Cancelled: an abort (the row is REVOKED already, and stays so) or a worker shutting down
     (arq runs the job again, so it waits as RETRY)."""
     error = {"type": "Interrupted", "message": "the worker stopped during the job; it will run again"}
-    await asyncio.create_task(_record(ctx, JobState.RETRY, error))
+    if record := await asyncio.create_task(_record(ctx, JobState.RETRY, error)):
+        await publish(ctx["redis"], record)

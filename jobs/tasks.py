@@ -11,7 +11,16 @@ from jobs.context import JobContext
 from jobs.lifecycle import job
 from jobs.retry import PermanentError
 from service import dispatch
+from service.queries.prepared import Prepared, param
 from service.tables import emails, tasks
+
+_INSERT_TASK = Prepared(
+    insert(tasks)
+    .values(**{name: param(name) for name in ("owner_id", "title", "description", "due_at", "priority", "job_id")})
+    .on_conflict_do_nothing(index_elements=[tasks.c.job_id])
+    .returning(tasks.c.id)
+)
+_TASK_OF_JOB = Prepared(sa.select(tasks.c.id).where(tasks.c.job_id == param("job_id")))
 
 
 @job(timeout=10)
@@ -25,22 +34,22 @@ async def process_new_task(
     priority: str = "normal",
 ) -> dict[str, Any]:
     """Insert the task; a second run of the same job finds the row the first one inserted."""
-    values = {
-        "owner_id": owner_id,
-        "title": title,
-        "description": description,
-        "due_at": datetime.fromisoformat(due_at) if due_at else None,
-        "priority": priority,
-        "job_id": ctx["job_id"],
-    }
-    query = insert(tasks).values(**values).on_conflict_do_nothing(index_elements=[tasks.c.job_id])
-    db = ctx["db"]
+    db, job_id = ctx["db"], ctx["job_id"]
+    due = datetime.fromisoformat(due_at) if due_at else None
     try:
-        task_id = await db.fetch_val(query.returning(tasks.c.id))
+        task_id = await _INSERT_TASK.fetch_val(
+            db,
+            owner_id=owner_id,
+            title=title,
+            description=description,
+            due_at=due,
+            priority=priority,
+            job_id=job_id,
+        )
     except asyncpg.ForeignKeyViolationError:
         raise PermanentError(f"user {owner_id} no longer exists") from None
     if task_id is None:
-        task_id = await db.fetch_val(sa.select(tasks.c.id).where(tasks.c.job_id == ctx["job_id"]))
+        task_id = await _TASK_OF_JOB.fetch_val(db, job_id=job_id)
     return {"task_id": task_id}
 
 

@@ -20,7 +20,6 @@ from databases import Database
 from service import jobcodec, keys
 from service.errors import APIError
 from service.events import publish
-from service.metrics import count_job_event
 from service.queries import jobs
 from service.requestid import request_id
 from service.schemas import JobRecord, JobState
@@ -117,6 +116,5 @@ async def revoke(db: Database, pool: ArqRedis, record: JobRecord) -> JobRecord |
     if revoked is None:
         return None
     await pool.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
-    await publish(pool, revoked)
-    await count_job_event(pool, revoked.name, "aborted")
+    await publish(pool, revoked, metric="aborted")
     return revoked

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service import keys
+from service.metrics import add_job_metrics
 from service.queries import jobs
 from service.schemas import JobRecord, JobStatus
 from service.state import AppState
@@ -31,11 +32,18 @@ class JobEvent(BaseModel):
     status: JobStatus
 
 
-async def publish(redis: Redis, record: JobRecord) -> None:
-    """Best effort: followers that miss a message find the change in PostgreSQL within QUIET_RECHECK."""
+async def publish(redis: Redis, record: JobRecord, *, metric: str | None = None, seconds: float | None = None) -> None:
+    """Tell live followers (and, given a metric event, the metrics) about a change, in one round trip.
+
+    Best effort: followers that miss a message find the change in PostgreSQL within QUIET_RECHECK.
+    """
     event = JobEvent(version=record.version, status=record.status())
     try:
-        await redis.publish(keys.job_events(record.job_id), event.model_dump_json())
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.publish(keys.job_events(record.job_id), event.model_dump_json())
+            if metric is not None:
+                add_job_metrics(pipe, record.name, metric, seconds)
+            await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("could not publish the status of job %s: %r", record.job_id, exc)
 

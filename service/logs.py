@@ -20,6 +20,16 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class WithoutArqJobLines(logging.Filter):
+    """arq logs each job's start and end; the job lifecycle logs them too, with the request id, so
+    arq's two lines are dropped (its retries, aborts and failures are kept)."""
+
+    PER_JOB = frozenset({"%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.PER_JOB
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -57,5 +67,6 @@ def configure_logging(settings: Settings) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    logging.getLogger("arq.worker").addFilter(WithoutArqJobLines())
     # Our access log (service.middleware.AccessLog) has the request id and the route; uvicorn's has neither.
     logging.getLogger("uvicorn.access").disabled = True

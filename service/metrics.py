@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from service import keys
@@ -51,23 +52,22 @@ def process_registry(settings: Settings, registry: CollectorRegistry) -> Collect
     return merged
 
 
-async def count_job_event(redis: Redis, name: str, event: str) -> None:
+def add_job_metrics(pipe: Pipeline, name: str, event: str, seconds: float | None = None) -> None:
+    """Queue, on a Redis pipeline, one job event and (for a finished run) its duration in the histogram."""
+    pipe.hincrby(keys.METRICS_JOB_EVENTS, f"{name}|{event}", 1)
+    if seconds is not None:
+        for bound in DURATION_BUCKETS:
+            if seconds <= bound:
+                pipe.hincrby(keys.METRICS_JOB_DURATION, f"{name}|{bound}", 1)
+        pipe.hincrby(keys.METRICS_JOB_DURATION, f"{name}|+Inf", 1)
+        pipe.hincrbyfloat(keys.METRICS_JOB_DURATION, f"{name}|sum", seconds)
+
+
+async def count_job_event(redis: Redis, name: str, event: str, seconds: float | None = None) -> None:
     """Best effort, like all metrics: a Redis outage loses a count, never a job."""
     try:
-        await redis.hincrby(keys.METRICS_JOB_EVENTS, f"{name}|{event}", 1)  # type: ignore[misc]
-    except (RedisError, OSError) as exc:
-        log.debug("job metric lost: %r", exc)
-
-
-async def observe_job_duration(redis: Redis, name: str, seconds: float) -> None:
-    """One observation into the cluster-wide histogram (its buckets and sum) in one round trip."""
-    try:
         async with redis.pipeline(transaction=False) as pipe:
-            for bound in DURATION_BUCKETS:
-                if seconds <= bound:
-                    pipe.hincrby(keys.METRICS_JOB_DURATION, f"{name}|{bound}", 1)
-            pipe.hincrby(keys.METRICS_JOB_DURATION, f"{name}|+Inf", 1)
-            pipe.hincrbyfloat(keys.METRICS_JOB_DURATION, f"{name}|sum", seconds)
+            add_job_metrics(pipe, name, event, seconds)
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.debug("job metric lost: %r", exc)

@@ -4,6 +4,7 @@ Final states are sticky: every transition is guarded by `state IN (active states
 duplicate update from a re-run or a racing worker cannot turn a REVOKED or SUCCESS job back.
 """
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects.postgresql import insert
 
+from service.queries.prepared import Prepared, param
 from service.queries.rows import as_dict
 from service.schemas import ACTIVE_STATES, JobQuery, JobRecord, JobState
 from service.tables import jobs
@@ -20,6 +22,21 @@ _ACTIVE = [state.value for state in ACTIVE_STATES]
 
 def _record(row: Any) -> JobRecord:
     return JobRecord.model_validate(as_dict(row))
+
+
+_ACCEPT = Prepared(
+    insert(jobs)
+    .values(
+        job_id=param("job_id"),
+        name=param("name"),
+        queue_name=param("queue_name"),
+        owner_id=param("owner_id"),
+        args=param("args", type_=jobs.c.args.type),
+        request_id=param("request_id"),
+    )
+    .on_conflict_do_nothing(index_elements=[jobs.c.job_id])
+    .returning(*jobs.c)
+)
 
 
 async def accept(
@@ -33,17 +50,11 @@ async def accept(
     request_id: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Record an accepted job as PENDING; (the record, True) if new, (the existing record, False) if not."""
-    query = (
-        insert(jobs)
-        .values(
-            job_id=job_id, name=name, queue_name=queue_name, owner_id=owner_id, args=dict(args), request_id=request_id
-        )
-        .on_conflict_do_nothing(index_elements=[jobs.c.job_id])
-        .returning(*jobs.c)
+    row = await _ACCEPT.fetch_one(
+        db, job_id=job_id, name=name, queue_name=queue_name, owner_id=owner_id, args=dict(args), request_id=request_id
     )
-    row = await db.fetch_one(query)
     if row is not None:
-        return _record(row), True
+        return JobRecord.model_validate(row), True
     existing = await get(db, job_id=job_id)
     assert existing is not None  # the conflicting row exists: jobs are never deleted by job id
     return existing, False
@@ -70,22 +81,57 @@ async def page(db: Database, *, owner_id: int | None, query: JobQuery) -> list[J
     return [_record(row) for row in await db.fetch_all(select)]
 
 
-async def transition(db: Database, *, job_id: str, state: JobState, **values: Any) -> JobRecord | None:
-    """Move an active job to state (setting values too); None if it is unknown or already final."""
-    query = (
+@functools.cache
+def _transition(columns: tuple[str, ...], final: bool) -> Prepared:
+    """UPDATE of an active job to a new state, setting these columns (and finished_at when final)."""
+    values: dict[str, Any] = {name: param(name, type_=jobs.c[name].type) for name in ("state", *columns)}
+    if final:
+        values["finished_at"] = sa.func.now()
+    return Prepared(
         jobs.update()
-        .where(jobs.c.job_id == job_id, jobs.c.state.in_(_ACTIVE))
-        .values(state=state.value, version=jobs.c.version + 1, **values)
+        .where(jobs.c.job_id == param("job_id"), jobs.c.state.in_(_ACTIVE))
+        .values(version=jobs.c.version + 1, **values)
         .returning(*jobs.c)
     )
-    row = await db.fetch_one(query)
-    return None if row is None else _record(row)
+
+
+async def transition(db: Database, *, job_id: str, state: JobState, **values: Any) -> JobRecord | None:
+    """Move an active job to state (setting values too); None if it is unknown or already final."""
+    statement = _transition(tuple(sorted(values)), state.is_final)
+    row = await statement.fetch_one(db, job_id=job_id, state=state.value, **values)
+    return None if row is None else JobRecord.model_validate(row)
 
 
 async def finish(db: Database, *, job_id: str, state: JobState, **values: Any) -> JobRecord | None:
     """Move an active job to a final state, stamping finished_at; None if it is unknown or already final."""
     assert state.is_final
-    return await transition(db, job_id=job_id, state=state, finished_at=sa.func.now(), **values)
+    return await transition(db, job_id=job_id, state=state, **values)
+
+
+_STARTED: dict[str, Any] = {
+    "state": JobState.STARTED.value,
+    "tries": param("tries"),
+    "started_at": sa.func.now(),
+    "error": None,
+    "progress": None,
+    "worker_id": param("worker_id"),
+}
+_START = Prepared(
+    insert(jobs)
+    .values(
+        job_id=param("job_id"),
+        name=param("name"),
+        queue_name=param("queue_name"),
+        args=param("args", type_=jobs.c.args.type),
+        **_STARTED,
+    )
+    .on_conflict_do_update(
+        index_elements=[jobs.c.job_id],
+        set_={**_STARTED, "version": jobs.c.version + 1},
+        where=jobs.c.state.in_(_ACTIVE),
+    )
+    .returning(*jobs.c)
+)
 
 
 async def start(
@@ -93,26 +139,10 @@ async def start(
 ) -> JobRecord | None:
     """Mark the job STARTED by this worker, creating its row for jobs nobody accepted (cron); None if it is
     already final."""
-    values = {
-        "state": JobState.STARTED.value,
-        "tries": tries,
-        "started_at": sa.func.now(),
-        "error": None,
-        "progress": None,
-        "worker_id": worker_id,
-    }
-    query = (
-        insert(jobs)
-        .values(job_id=job_id, name=name, queue_name=queue_name, args=dict(args), **values)
-        .on_conflict_do_update(
-            index_elements=[jobs.c.job_id],
-            set_={**values, "version": jobs.c.version + 1},
-            where=jobs.c.state.in_(_ACTIVE),
-        )
-        .returning(*jobs.c)
+    row = await _START.fetch_one(
+        db, job_id=job_id, name=name, queue_name=queue_name, args=dict(args), tries=tries, worker_id=worker_id
     )
-    row = await db.fetch_one(query)
-    return None if row is None else _record(row)
+    return None if row is None else JobRecord.model_validate(row)
 
 
 async def unsettled(db: Database, *, older_than_seconds: int, limit: int = 1000) -> list[JobRecord]:

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from databases import Database
 
 from service.errors import Conflict
+from service.queries.prepared import Prepared, param
 from service.queries.rows import as_dict
 from service.schemas import UserRecord
 from service.tables import users
@@ -29,9 +30,13 @@ async def create_user(db: Database, *, email: str, username: str, hashed_passwor
         raise _conflict(exc) from None
 
 
+_GET_USER = Prepared(users.select().where(users.c.id == param("user_id")))
+
+
 async def get_user(db: Database, *, user_id: int) -> UserRecord | None:
-    row = await db.fetch_one(users.select().where(users.c.id == user_id))
-    return None if row is None else _user(row)
+    """Every authenticated request asks this, so it is a prepared statement."""
+    row = await _GET_USER.fetch_one(db, user_id=user_id)
+    return None if row is None else UserRecord.model_validate(row)
 
 
 async def find_by_login(db: Database, *, login: str) -> UserRecord | None:
