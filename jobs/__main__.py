@@ -17,7 +17,7 @@ import uvloop
 from arq.worker import Worker, get_kwargs
 from redis.exceptions import RedisError
 
-from jobs.wakeup import WakeableWorker
+from jobs.fastworker import FastWorker
 from jobs.worker import SlowWorkerSettings, WorkerSettings, shutdown
 
 log = logging.getLogger("jobs")
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SlowWorkerSettings if args.slow else WorkerSettings
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as uvicorn does for the API: a faster loop
     while True:
-        worker = WakeableWorker(**{**get_kwargs(settings), "burst": args.burst})
+        worker = FastWorker(**{**get_kwargs(settings), "burst": args.burst})
         try:
             worker.run()
         except (RedisError, OSError) as exc:

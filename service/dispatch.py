@@ -68,7 +68,7 @@ async def record_job(
 
 # arq's enqueue_job, in one round trip instead of four (WATCH, EXISTS, MULTI ... EXEC): the same
 # keys and the same payload, so arq's workers and CLI see an ordinary arq job. It also counts the
-# job in the metrics and wakes the idle workers of its queue (jobs.wakeup).
+# job in the metrics and wakes the idle workers of its queue (jobs.fastworker).
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobs.wakeup import WakeableWorker
+from jobs.fastworker import FastWorker
 from jobs.worker import worker_settings
 from service import mailcatcher, migrate
 from service.app import create_app
@@ -145,7 +145,7 @@ def make_worker(
     options = {"burst": burst, "handle_signals": False, "idle_poll": 0.05, **overrides}
     if not cron:
         options["cron_jobs"] = []
-    return WakeableWorker(**{**get_kwargs(worker_settings(settings, slow=slow)), **options})
+    return FastWorker(**{**get_kwargs(worker_settings(settings, slow=slow)), **options})
 
 
 async def _run(worker: Worker) -> Worker:

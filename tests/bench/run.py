@@ -347,14 +347,17 @@ def baseline_worker(bench: Bench, kind: str, function: str, *, pickups: bool = F
     count = PICKUPS if pickups else JOBS
     if not pickups:
         asyncio.run(_enqueue_baseline(bench, kind, function, count))
+    log = (bench.base / f"{kind}-{function}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.workers", kind, str(count)],
-        cwd=PROJECT, env=bench.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=PROJECT, env=bench.env(), stdout=subprocess.PIPE, stderr=log,
     )  # fmt: skip
     if pickups:
         time.sleep(2)  # idle, as a worker waiting for work
         asyncio.run(_enqueue_baseline(bench, kind, function, count, spacing=0.02))
     out, _ = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {kind} worker failed; see {log.name}")
     return json.loads(out.decode().strip().splitlines()[-1])
 
 

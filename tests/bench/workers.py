@@ -8,6 +8,7 @@ and each job's pickup delay, as recorded in process (no extra Redis or SQL on th
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -81,7 +82,9 @@ async def run_arq(kind: str, expected: int) -> Clock:
     )
     task = asyncio.create_task(worker.async_run())
     await clock.finished.wait()
-    await worker.close()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)  # let arq record the last ones
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.close()
     task.cancel()
     return clock
 
