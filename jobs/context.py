@@ -7,6 +7,7 @@ from arq.connections import ArqRedis
 from databases import Database
 
 from jobs.heartbeat import WorkerStats
+from jobs.history import History
 from service.settings import Settings
 
 
@@ -17,6 +18,7 @@ class WorkerContext(TypedDict):
     settings: Settings
     db: Database
     stats: WorkerStats
+    history: History
 
 
 class JobContext(WorkerContext):

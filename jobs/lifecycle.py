@@ -59,8 +59,7 @@ async def _run(
     started = time.perf_counter()
     stats.ongoing += 1
     try:
-        record = await jobs.start(
-            ctx["db"],
+        record = await ctx["history"].start(
             job_id=job_id,
             name=name,
             queue_name=keys.queue_for(name),
@@ -76,7 +75,7 @@ async def _run(
         await publish(ctx["redis"], record, metric="started")
         async with asyncio.timeout(timeout):
             result = await function(ctx, **kwargs)
-        finished = await jobs.finish(ctx["db"], job_id=job_id, state=JobState.SUCCESS, result=result)
+        finished = await ctx["history"].succeeded(job_id=job_id, result=result)
         await _ended(ctx, name, finished, "succeeded", started)
         stats.complete += 1
         return result

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from jobs.emails import send_task_reminder_email, send_welcome_email
 from jobs.heartbeat import WorkerStats, leave, run_heartbeat
+from jobs.history import History
 from jobs.lifecycle import scheduled
 from jobs.reconcile import run_reconciler
 from jobs.reports import generate_report, long_running_calculation
@@ -91,6 +92,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         command_timeout=settings.db_command_timeout,
     )
     await db.connect()
+    ctx["history"] = History(db)
     ctx["stats"] = stats = WorkerStats(queue=ctx["queue_name"])
     ctx["background"] = [asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"]))]
     if settings.reconcile_seconds:

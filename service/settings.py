@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = None
 
     # The worker: see jobs/worker.py and the README's "Worker" section.
-    worker_max_jobs: int = Field(default=20, ge=1, le=1000)
+    worker_max_jobs: int = Field(default=50, ge=1, le=1000)
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
     job_max_tries: int = Field(default=8, ge=1, le=50)
     retry_base_seconds: float = Field(default=2.0, gt=0, le=600)

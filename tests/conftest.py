@@ -178,7 +178,9 @@ async def background_worker(settings: Settings, *, slow: bool = False, **overrid
         yield workers[1] if slow else workers[0]
     finally:
         for worker, task in zip(workers, tasks, strict=True):
-            await worker.close()
+            # Closing cancels what still runs (a job or a cron run caught mid-way), as a shutdown does.
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

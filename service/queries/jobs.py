@@ -8,6 +8,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects.postgresql import insert
@@ -175,3 +176,57 @@ async def prune_unowned(db: Database, *, older_than_days: int) -> int:
 async def count_running(db: Database) -> int:
     query = sa.select(sa.func.count()).where(jobs.c.state.in_([JobState.STARTED.value, JobState.PROGRESS.value]))
     return int(await db.fetch_val(query))
+
+
+_ACTIVE_SQL = ", ".join(f"'{state}'" for state in sorted(_ACTIVE))
+_START_MANY = f"""
+INSERT INTO jobs (job_id, name, queue_name, args, state, tries, started_at, worker_id)
+SELECT job_id, name, queue_name, args, 'STARTED', tries, now(), worker_id
+FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::jsonb[], $5::integer[], $6::varchar[])
+    AS started(job_id, name, queue_name, args, tries, worker_id)
+ON CONFLICT (job_id) DO UPDATE SET
+    state = 'STARTED', tries = EXCLUDED.tries, started_at = now(), error = NULL, progress = NULL,
+    worker_id = EXCLUDED.worker_id, version = jobs.version + 1
+WHERE jobs.state IN ({_ACTIVE_SQL})
+RETURNING jobs.*
+"""
+_SUCCEED_MANY = f"""
+UPDATE jobs SET state = 'SUCCESS', result = done.result, finished_at = now(), version = jobs.version + 1
+FROM unnest($1::varchar[], $2::jsonb[]) AS done(job_id, result)
+WHERE jobs.job_id = done.job_id AND jobs.state IN ({_ACTIVE_SQL})
+RETURNING jobs.*
+"""
+_JSON_COLUMNS = ("args", "progress", "result", "error")
+
+
+def _from_asyncpg(record: Any) -> JobRecord:
+    row = dict(record)
+    for name in _JSON_COLUMNS:
+        if isinstance(row[name], str):
+            row[name] = orjson.loads(row[name])
+    return JobRecord.model_validate(row)
+
+
+async def _many(db: Database, sql: str, *columns: list[Any]) -> dict[str, JobRecord]:
+    async with db.connection() as connection:
+        records = await connection.raw_connection.fetch(sql, *columns)
+    return {record["job_id"]: _from_asyncpg(record) for record in records}
+
+
+async def start_many(db: Database, started: list[dict[str, Any]]) -> dict[str, JobRecord]:
+    """`start` for many jobs in one statement (each job at most once); jobs already final are left out."""
+    return await _many(
+        db,
+        _START_MANY,
+        [job["job_id"] for job in started],
+        [job["name"] for job in started],
+        [job["queue_name"] for job in started],
+        [orjson.dumps(job["args"]).decode() for job in started],
+        [job["tries"] for job in started],
+        [job["worker_id"] for job in started],
+    )
+
+
+async def succeed_many(db: Database, results: dict[str, Any]) -> dict[str, JobRecord]:
+    """`finish(SUCCESS, result=...)` for many jobs in one statement; jobs already final are left out."""
+    return await _many(db, _SUCCEED_MANY, list(results), [orjson.dumps(result).decode() for result in results.values()])
