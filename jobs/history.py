@@ -1,8 +1,8 @@
 """Job-history writes batched across the jobs a worker runs at once.
 
 Every job marks its row STARTED before it runs and SUCCESS after; as one statement each, those two
-writes were most of a job's cost. Here the writes of concurrent jobs wait a couple of milliseconds
-and go to PostgreSQL together, one statement per batch, each job still awaiting its own row.
+writes were most of a job's cost. Here the writes of concurrent jobs go to PostgreSQL together, one
+statement per batch, each job still awaiting its own row.
 """
 
 import asyncio
@@ -18,37 +18,29 @@ Flush = Callable[[dict[str, Any]], Awaitable[dict[str, JobRecord]]]
 
 
 class Batcher:
-    """Collects (job id, value) pairs for up to `delay` seconds or `size` of them, then flushes them
-    in a task of its own; each caller gets its job's row (None if the row was already final)."""
+    """Group commit: while one batch is being written, the next one collects; it goes as soon as the
+    write before it returns. An idle worker writes at once; a busy one, in batches as large as its
+    concurrency makes them. Each caller gets its job's row (None if the row was already final)."""
 
-    def __init__(self, flush: Flush, *, delay: float = 0.002, size: int = 200) -> None:
+    def __init__(self, flush: Flush) -> None:
         self._flush = flush
-        self._delay = delay
-        self._size = size
         self._pending: dict[str, tuple[Any, asyncio.Future[JobRecord | None]]] = {}
-        self._timer: asyncio.Task[None] | None = None
-        self._writing: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+        self._writing: asyncio.Task[None] | None = None
 
     async def submit(self, job_id: str, value: Any) -> JobRecord | None:
         future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
         self._pending[job_id] = (value, future)
-        if len(self._pending) >= self._size:
-            self._send()
-        elif self._timer is None:
-            self._timer = asyncio.create_task(self._after_delay())
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_while_pending())
         return await future
 
-    async def _after_delay(self) -> None:
-        await asyncio.sleep(self._delay)
-        self._timer = None
-        self._send()
-
-    def _send(self) -> None:
-        batch, self._pending = self._pending, {}
-        if batch:
-            task = asyncio.create_task(self._write(batch))
-            self._writing.add(task)
-            task.add_done_callback(self._writing.discard)
+    async def _write_while_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, {}
+                await self._write(batch)
+        finally:
+            self._writing = None
 
     async def _write(self, batch: dict[str, tuple[Any, asyncio.Future[JobRecord | None]]]) -> None:
         try:

@@ -106,7 +106,7 @@ class UserUpdate(Patch):
     password: Password | None = None
 
 
-class UserPublic(Outgoing):
+class _User(Outgoing):
     id: int
     email: str
     username: str
@@ -115,15 +115,14 @@ class UserPublic(Outgoing):
     created_at: datetime
 
 
-class UserRecord(Outgoing):
-    """A user as stored, password hash included. Not a UserPublic, so it cannot be sent by mistake."""
+class UserPublic(_User):
+    pass
 
-    id: int
-    email: str
-    username: str
-    is_active: bool
-    is_admin: bool
-    created_at: datetime
+
+class UserRecord(_User):
+    """A user as stored, password hash included. A sibling of UserPublic, not a kind of it, so a record
+    cannot be sent where a UserPublic is expected: validating one as UserPublic drops the hash."""
+
     hashed_password: str
 
 

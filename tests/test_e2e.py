@@ -82,15 +82,23 @@ async def test_request_id_follows_the_job_into_the_worker_log(deployment: Deploy
     assert any("job succeeded" in line and "duration_ms=" in line for line in worker_lines), worker_lines
 
 
+async def _sigterm_mid_calculation(
+    deployment: Deployment, client: httpx.AsyncClient, name: str, step_seconds: float
+) -> tuple[dict[str, str], str, float]:
+    """Start a calculation, SIGTERM its worker once it reports progress; how long the worker took to exit."""
+    headers = await _signed_up(client, name)
+    calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 20, "b": 22, "step_seconds": step_seconds})
+    url = calc.headers["location"]
+    await _until(client, url, headers, "PROGRESS")
+    deployment.slow_worker.process.send_signal(signal.SIGTERM)
+    took = await asyncio.to_thread(deployment.slow_worker.wait_group_gone, 8 + 5)
+    assert deployment.slow_worker.process.returncode == 0
+    return headers, url, took
+
+
 async def test_sigterm_lets_the_running_job_finish(deployment: Deployment) -> None:
     async with await deployment.client() as client:
-        headers = await _signed_up(client, "sam")
-        calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 20, "b": 22, "step_seconds": 0.5})
-        url = calc.headers["location"]
-        await _until(client, url, headers, "PROGRESS")
-        deployment.slow_worker.process.send_signal(signal.SIGTERM)
-        took = await asyncio.to_thread(deployment.slow_worker.wait_group_gone, 8 + 5)
-        assert deployment.slow_worker.process.returncode == 0
+        headers, url, took = await _sigterm_mid_calculation(deployment, client, "sam", 0.5)
         done = (await client.get(url, headers=headers)).json()
     assert (done["state"], done["result"], done["tries"]) == ("SUCCESS", 42, 1)
     assert took < 8  # it waited for the job, not for the whole grace period
@@ -99,16 +107,10 @@ async def test_sigterm_lets_the_running_job_finish(deployment: Deployment) -> No
 
 async def test_a_job_outliving_the_grace_period_is_finished_by_another_worker(deployment: Deployment) -> None:
     async with await deployment.client() as client:
-        headers = await _signed_up(client, "tom")
-        calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 1, "b": 1, "step_seconds": 2.5})
-        url = calc.headers["location"]
-        await _until(client, url, headers, "PROGRESS")
-        deployment.slow_worker.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(deployment.slow_worker.wait_group_gone, 8 + 5)
-        assert deployment.slow_worker.process.returncode == 0
+        headers, url, _ = await _sigterm_mid_calculation(deployment, client, "tom", 2.5)
         interrupted = (await client.get(url, headers=headers)).json()
         assert interrupted["state"] == "RETRY"
         assert interrupted["error"]["type"] == "Interrupted"
         with stopped_at_exit(deployment.start_worker("second-slow-worker", slow=True)):
             done = await _until(client, url, headers, "SUCCESS")
-    assert (done["result"], done["tries"]) == (2, 2)
+    assert (done["result"], done["tries"]) == (42, 2)

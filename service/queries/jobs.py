@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects.postgresql import insert
 
-from service.queries.prepared import Prepared, param
+from service.queries.prepared import Prepared, decoded, param
 from service.queries.rows import as_dict
 from service.schemas import ACTIVE_STATES, JobQuery, JobRecord, JobState
 from service.tables import jobs
@@ -109,43 +109,6 @@ async def finish(db: Database, *, job_id: str, state: JobState, **values: Any) -
     return await transition(db, job_id=job_id, state=state, **values)
 
 
-_STARTED: dict[str, Any] = {
-    "state": JobState.STARTED.value,
-    "tries": param("tries"),
-    "started_at": sa.func.now(),
-    "error": None,
-    "progress": None,
-    "worker_id": param("worker_id"),
-}
-_START = Prepared(
-    insert(jobs)
-    .values(
-        job_id=param("job_id"),
-        name=param("name"),
-        queue_name=param("queue_name"),
-        args=param("args", type_=jobs.c.args.type),
-        **_STARTED,
-    )
-    .on_conflict_do_update(
-        index_elements=[jobs.c.job_id],
-        set_={**_STARTED, "version": jobs.c.version + 1},
-        where=jobs.c.state.in_(_ACTIVE),
-    )
-    .returning(*jobs.c)
-)
-
-
-async def start(
-    db: Database, *, job_id: str, name: str, queue_name: str, args: Mapping[str, Any], tries: int, worker_id: str
-) -> JobRecord | None:
-    """Mark the job STARTED by this worker, creating its row for jobs nobody accepted (cron); None if it is
-    already final."""
-    row = await _START.fetch_one(
-        db, job_id=job_id, name=name, queue_name=queue_name, args=dict(args), tries=tries, worker_id=worker_id
-    )
-    return None if row is None else JobRecord.model_validate(row)
-
-
 async def unsettled(db: Database, *, older_than_seconds: int, limit: int = 1000) -> list[JobRecord]:
     """Active jobs that nothing has touched for a while: waiting since then, or running since then."""
     since = sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds)
@@ -196,21 +159,13 @@ FROM unnest($1::varchar[], $2::jsonb[]) AS done(job_id, result)
 WHERE jobs.job_id = done.job_id AND jobs.state IN ({_ACTIVE_SQL})
 RETURNING jobs.*
 """
-_JSON_COLUMNS = ("args", "progress", "result", "error")
-
-
-def _from_asyncpg(record: Any) -> JobRecord:
-    row = dict(record)
-    for name in _JSON_COLUMNS:
-        if isinstance(row[name], str):
-            row[name] = orjson.loads(row[name])
-    return JobRecord.model_validate(row)
+_JSON_COLUMNS = frozenset({"args", "progress", "result", "error"})
 
 
 async def _many(db: Database, sql: str, *columns: list[Any]) -> dict[str, JobRecord]:
     async with db.connection() as connection:
         records = await connection.raw_connection.fetch(sql, *columns)
-    return {record["job_id"]: _from_asyncpg(record) for record in records}
+    return {record["job_id"]: JobRecord.model_validate(decoded(record, _JSON_COLUMNS)) for record in records}
 
 
 async def start_many(db: Database, started: list[dict[str, Any]]) -> dict[str, JobRecord]:

@@ -7,7 +7,7 @@ asyncpg connection under the `databases` one (so it joins the caller's transacti
 asyncpg's own statement cache prepares it once per connection.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any, cast
 
 import orjson
@@ -29,6 +29,15 @@ def _encode(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+def decoded(record: Any, json_columns: Set[str]) -> dict[str, Any]:
+    """An asyncpg record as a dict, its JSON columns (which asyncpg returns as text) decoded."""
+    row = dict(record)
+    for name in json_columns & row.keys():
+        if isinstance(row[name], str):
+            row[name] = orjson.loads(row[name])
+    return row
+
+
 class Prepared:
     def __init__(self, statement: sa.ClauseElement) -> None:
         compiled = cast(SQLCompiler, statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True}))
@@ -43,17 +52,10 @@ class Prepared:
         merged = {**self.constants, **values}
         return [_encode(merged[name]) if name in self.json_params else merged[name] for name in self.order]
 
-    def _row(self, record: Any) -> dict[str, Any]:
-        row = dict(record)
-        for name in self.json_columns & row.keys():
-            if isinstance(row[name], str):
-                row[name] = orjson.loads(row[name])
-        return row
-
     async def fetch_one(self, db: Database, **values: Any) -> dict[str, Any] | None:
         async with db.connection() as connection:
             record = await connection.raw_connection.fetchrow(self.sql, *self._arguments(values))
-        return None if record is None else self._row(record)
+        return None if record is None else decoded(record, self.json_columns)
 
     async def fetch_val(self, db: Database, **values: Any) -> Any:
         async with db.connection() as connection:
