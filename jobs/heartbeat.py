@@ -62,12 +62,17 @@ async def beat(redis: Redis, stats: WorkerStats, schedule: list[CronJob]) -> Non
         await pipe.execute()
 
 
-async def run_heartbeat(redis: Redis, stats: WorkerStats, schedule: list[CronJob]) -> None:
-    """Beat until cancelled; a Redis outage skips beats, it does not stop them."""
-    while True:
+async def run_heartbeat(redis: Redis, stats: WorkerStats, schedule: list[CronJob], stopping: asyncio.Event) -> None:
+    """Beat until stopping is set, then leave the list. A Redis outage skips beats, it does not stop
+    them. Stopped by the event rather than cancelled, so that no beat cut off in flight (sent, its
+    reply not yet read) can land after the worker left and list it again."""
+    while not stopping.is_set():
         with contextlib.suppress(RedisError, OSError):
             await beat(redis, stats, schedule)
-        await asyncio.sleep(BEAT_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BEAT_SECONDS):
+                await stopping.wait()
+    await leave(redis, stats)
 
 
 async def leave(redis: Redis, stats: WorkerStats) -> None:

@@ -72,7 +72,7 @@ async def _run(
             return None
         request_id.set(record.request_id)
         log.info("job started", extra={"job": name, "job_id": job_id, "try": ctx["job_try"]})
-        await publish(ctx["redis"], record, metric="started")
+        await ctx["history"].announce(record, metric="started")
         async with asyncio.timeout(timeout):
             result = await function(ctx, **kwargs)
         finished = await ctx["history"].succeeded(job_id=job_id, result=result)
@@ -95,13 +95,13 @@ async def _run(
 
 
 async def _ended(ctx: JobContext, name: str, record: JobRecord | None, outcome: str, started: float) -> None:
-    """Log the run's end, and publish it with its metrics (in one round trip when there is a record)."""
+    """Log the run's end, and announce it with its metrics (batched with other jobs' when there is a record)."""
     seconds = time.perf_counter() - started
     extra = {"job": name, "job_id": ctx["job_id"], "try": ctx["job_try"], "duration_ms": round(seconds * 1000, 1)}
     log.info("job %s", outcome, extra=extra)
     duration = None if outcome == "retried" else seconds
     if record is not None:
-        await publish(ctx["redis"], record, metric=outcome, seconds=duration)
+        await ctx["history"].announce(record, metric=outcome, seconds=duration)
     else:
         await count_job_event(ctx["redis"], name, outcome, duration)
 

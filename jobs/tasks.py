@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from jobs.context import JobContext
 from jobs.lifecycle import job
 from jobs.retry import PermanentError
-from service import dispatch
+from service.dispatch import Dispatcher
 from service.queries.prepared import Prepared, param
 from service.tables import emails, tasks
 
@@ -70,13 +70,12 @@ async def send_due_reminders(ctx: JobContext) -> dict[str, Any]:
         .limit(1000)
     )
     enqueued = 0
+    dispatcher = Dispatcher(ctx["db"], ctx["redis"])
     for task in await ctx["db"].fetch_all(due):
         key = reminder_key(task["id"], task["due_at"])
         if await ctx["db"].fetch_val(sa.select(emails.c.sent_at).where(emails.c.key == key)) is not None:
             continue
-        await dispatch.submit(
-            ctx["db"],
-            ctx["redis"],
+        await dispatcher.submit(
             name="send_task_reminder_email",
             owner_id=task["owner_id"],
             args={"task_id": task["id"], "once_key": key},

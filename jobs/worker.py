@@ -15,19 +15,19 @@ from typing import Any, ClassVar, TypeVar
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Function
-from databases import Database
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from jobs.emails import send_task_reminder_email, send_welcome_email
-from jobs.heartbeat import WorkerStats, leave, run_heartbeat
+from jobs.heartbeat import WorkerStats, run_heartbeat
 from jobs.history import History
 from jobs.lifecycle import scheduled
 from jobs.reconcile import run_reconciler
 from jobs.reports import generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
 from service import jobcodec, keys
+from service.connections import open_database
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -84,17 +84,13 @@ def resilient_redis(settings: Settings) -> RedisSettings:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    ctx["db"] = db = Database(
-        settings.database_url,
-        min_size=0,
-        max_size=settings.worker_max_jobs + 2,
-        timeout=settings.db_connect_timeout,
-        command_timeout=settings.db_command_timeout,
-    )
+    ctx["db"] = db = open_database(settings, max_size=settings.worker_max_jobs + 2)
     await db.connect()
-    ctx["history"] = History(db)
+    ctx["history"] = History(db, ctx["redis"])
     ctx["stats"] = stats = WorkerStats(queue=ctx["queue_name"])
-    ctx["background"] = [asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"]))]
+    ctx["stopping"] = stopping = asyncio.Event()
+    ctx["heartbeat"] = asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"], stopping))
+    ctx["background"] = []
     if settings.reconcile_seconds:
         reconciler = run_reconciler(db, ctx["redis"], stats.worker_id, settings.reconcile_seconds)
         ctx["background"].append(asyncio.create_task(reconciler))
@@ -112,8 +108,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    if "stats" in ctx:
-        await leave(ctx["redis"], ctx.pop("stats"))
+    if "heartbeat" in ctx:
+        ctx.pop("stopping").set()  # not cancelled: it finishes its beat, then leaves the workers' list
+        await ctx.pop("heartbeat")
     if "db" in ctx:
         await ctx.pop("db").disconnect()
 

@@ -4,43 +4,24 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from arq.connections import ArqRedis
-from databases import Database
 from prometheus_client import CollectorRegistry
-from redis.asyncio import ConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from service import jobcodec, routing
+from service import routing
+from service.connections import open_database, open_redis
+from service.dispatch import Dispatcher
 from service.errors import exception_handlers
 from service.logs import configure_logging
 from service.metrics import HttpMetrics
 from service.middleware import BodySizeLimit, Telemetry
+from service.queries.users import UserLookup
 from service.requestid import RequestId
 from service.routes import auth, dashboard, docs, items, jobs, operations, reports, tasks, users
 from service.security import Passwords, Tokens
 from service.settings import Settings
 from service.state import AppState
-
-
-def open_database(settings: Settings) -> Database:
-    # min_size 0: the app starts (and /readyz answers 503) while PostgreSQL is down; connections open on demand.
-    return Database(
-        settings.database_url,
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        timeout=settings.db_connect_timeout,
-        command_timeout=settings.db_command_timeout,
-    )
-
-
-def open_redis(settings: Settings) -> ArqRedis:
-    # Not arq's create_pool, which pings at creation and so would not start while Redis is down.
-    pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-    )
-    return ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -70,7 +51,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             passwords = Passwords(settings.password_hash_concurrency)
             tokens = Tokens.from_settings(settings)
-            yield {"app": AppState(settings, db, redis, passwords, tokens, http_metrics)}
+            dispatcher, users = Dispatcher(db, redis), UserLookup(db)
+            yield {"app": AppState(settings, db, redis, passwords, tokens, http_metrics, dispatcher, users)}
         finally:
             await redis.aclose()
             await db.disconnect()

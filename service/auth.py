@@ -4,7 +4,7 @@ from starlette.requests import Request
 
 from service import throttle
 from service.errors import Forbidden, InvalidAuthToken, Unauthorized
-from service.queries.users import find_by_login, get_user, update_user
+from service.queries.users import find_by_login, update_user
 from service.schemas import UserRecord
 from service.security import InvalidToken
 from service.settings import Settings
@@ -25,7 +25,7 @@ async def user_for_token(state: AppState, token: str) -> UserRecord:
         user_id = state.tokens.user_id(token)
     except InvalidToken:
         raise InvalidAuthToken() from None
-    user = await get_user(state.db, user_id=user_id)
+    user = await state.users.get(user_id)
     if user is None or not user.is_active:
         raise InvalidAuthToken()
     return user

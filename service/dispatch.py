@@ -7,9 +7,10 @@ restart without persistence) the worker's reconciler enqueues it again from the 
 import hashlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import redis.exceptions
 from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms
@@ -18,6 +19,7 @@ from arq.utils import timestamp_ms
 from databases import Database
 
 from service import jobcodec, keys
+from service.batching import Batcher
 from service.errors import APIError
 from service.events import publish
 from service.queries import jobs
@@ -32,38 +34,83 @@ class IdempotencyMismatch(APIError):
     detail = "This Idempotency-Key was already used for a different request"
 
 
-async def submit(
-    db: Database,
-    pool: ArqRedis,
-    *,
-    name: str,
-    owner_id: int | None,
-    args: Mapping[str, Any],
-    job_id: str | None = None,
-) -> JobRecord:
-    """Accept a job: its row (PENDING) first, then arq. A known job_id returns the job it names."""
-    record = await record_job(db, name=name, owner_id=owner_id, args=args, job_id=job_id)
-    if not record.state.is_final:
-        await enqueue(pool, record)
+class Dispatcher:
+    """Hands jobs to the workers, for one process: each job's row (PENDING) first, then arq.
+
+    The rows of concurrent submissions are written together, one statement per batch, and enqueued
+    together, one pipeline per batch (group commit, service.batching): under load, a request shares
+    its PostgreSQL and Redis round trips with the others.
+    """
+
+    def __init__(self, db: Database, redis: ArqRedis) -> None:
+        self.db = db
+        self.redis = redis
+        self._rows = Batcher(self._accept_many)
+        self._enqueues = Batcher(self._enqueue_many)
+
+    async def submit(
+        self, *, name: str, owner_id: int | None, args: Mapping[str, Any], job_id: str | None = None
+    ) -> JobRecord:
+        """Accept a job; a known job_id returns the job it names (422 if that was asked differently)."""
+        job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
+        record = await self._rows.submit(job)
+        if record is None:  # the job id was known already
+            record = await _existing(self.db, job)
+        if not record.state.is_final:
+            await self._enqueues.submit(record)
+        return record
+
+    async def _enqueue_many(self, batch: list[JobRecord]) -> list[None]:
+        await enqueue_many(self.redis, [(record, None) for record in batch])
+        return [None] * len(batch)
+
+    async def _accept_many(self, batch: list[dict[str, Any]]) -> list[JobRecord | BaseException | None]:
+        """Each job's new row, or None where its job id was known (or came twice in the batch)."""
+        try:
+            rows = await jobs.accept_many(self.db, batch)
+        except asyncpg.IntegrityConstraintViolationError:
+            # One bad row (its owner deleted meanwhile, say) fails the statement: each on its own instead.
+            return [await _accept_alone(self.db, job) for job in batch]
+        created: list[JobRecord | BaseException | None] = []
+        for job in batch:
+            created.append(rows.pop(job["job_id"], None))
+        return created
+
+
+def _new_job(*, name: str, owner_id: int | None, args: Mapping[str, Any], job_id: str | None) -> dict[str, Any]:
+    return {
+        "job_id": job_id or uuid.uuid4().hex,
+        "name": name,
+        "queue_name": keys.queue_for(name),
+        "owner_id": owner_id,
+        "args": dict(args),
+        "request_id": request_id.get(),
+    }
+
+
+async def _accept_alone(db: Database, job: dict[str, Any]) -> JobRecord | BaseException | None:
+    try:
+        record: JobRecord | None = await jobs.accept(db, **job)
+    except Exception as exc:  # for its caller alone
+        return exc
+    return record
+
+
+async def _existing(db: Database, job: dict[str, Any]) -> JobRecord:
+    """The job already recorded under this job's id, if it was asked the same way."""
+    record = await jobs.get(db, job_id=job["job_id"])
+    assert record is not None  # the conflicting row exists: jobs are never deleted by job id
+    if (record.owner_id, record.name, record.args) != (job["owner_id"], job["name"], job["args"]):
+        raise IdempotencyMismatch()
     return record
 
 
 async def record_job(
     db: Database, *, name: str, owner_id: int | None, args: Mapping[str, Any], job_id: str | None = None
 ) -> JobRecord:
-    """The job's row alone (inside a caller's transaction, say); enqueue it once that commits."""
-    record, created = await jobs.accept(
-        db,
-        job_id=job_id or uuid.uuid4().hex,
-        name=name,
-        queue_name=keys.queue_for(name),
-        owner_id=owner_id,
-        args=args,
-        request_id=request_id.get(),
-    )
-    if not created and (record.owner_id != owner_id or record.name != name or record.args != dict(args)):
-        raise IdempotencyMismatch()
-    return record
+    """The job's row alone, inside a caller's transaction; enqueue it once that commits."""
+    job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
+    return await jobs.accept(db, **job) or await _existing(db, job)
 
 
 # arq's enqueue_job, in one round trip instead of four (WATCH, EXISTS, MULTI ... EXEC): the same
@@ -83,30 +130,45 @@ ENQUEUE_SHA = hashlib.sha1(ENQUEUE.encode()).hexdigest()  # EVALSHA: the script 
 async def enqueue(pool: ArqRedis, record: JobRecord, *, job_try: int | None = None) -> None:
     """Put the recorded job on arq's queue; a no-op while arq still holds it or its result.
     job_try numbers the next run when Redis lost arq's own count of the earlier ones."""
+    await enqueue_many(pool, [(record, job_try)])
+
+
+async def enqueue_many(pool: ArqRedis, batch: Sequence[tuple[JobRecord, int | None]]) -> None:
+    """`enqueue` for (record, job_try) pairs, in one round trip."""
     now = timestamp_ms()
-    payload = serialize_job(record.name, (), record.args, job_try, now, serializer=jobcodec.serialize)
-    script_keys = [
-        keys.ARQ_JOB + record.job_id,
-        keys.ARQ_RESULT + record.job_id,
-        record.queue_name,
-        keys.METRICS_JOB_EVENTS,
-    ]
-    script_args: list[Any] = [
-        record.job_id,
-        payload,
-        expires_extra_ms,
-        now,
-        f"{record.name}|enqueued",
-        keys.wake(record.queue_name),
-    ]
+    calls = []
+    for record, job_try in batch:
+        payload = serialize_job(record.name, (), record.args, job_try, now, serializer=jobcodec.serialize)
+        script_keys = [
+            keys.ARQ_JOB + record.job_id,
+            keys.ARQ_RESULT + record.job_id,
+            record.queue_name,
+            keys.METRICS_JOB_EVENTS,
+        ]
+        script_args = [record.job_id, payload, expires_extra_ms, now, f"{record.name}|enqueued"]
+        calls.append((len(script_keys), *script_keys, *script_args, keys.wake(record.queue_name)))
     try:
-        try:
-            await pool.evalsha(ENQUEUE_SHA, len(script_keys), *script_keys, *script_args)  # type: ignore[misc]
-        except redis.exceptions.NoScriptError:  # a new or restarted Redis: send the script itself
-            await pool.eval(ENQUEUE, len(script_keys), *script_keys, *script_args)  # type: ignore[misc]
+        missing = await _run_scripts(pool, calls)
+        if missing:  # a new or restarted Redis: send the script itself, once
+            await pool.script_load(ENQUEUE)
+            await _run_scripts(pool, missing)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        # Accepted all the same: the row is durable and the reconciler enqueues it once Redis is back.
-        log.warning("job %s recorded but not enqueued (%r); the reconciler will enqueue it", record.job_id, exc)
+        # Accepted all the same: the rows are durable and the reconciler enqueues them once Redis is back.
+        log.warning("%d job(s) recorded but not enqueued (%r); the reconciler will enqueue them", len(batch), exc)
+
+
+async def _run_scripts(pool: ArqRedis, calls: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """EVALSHA of ENQUEUE for each call, pipelined; the calls Redis did not know the script for."""
+    async with pool.pipeline(transaction=False) as pipe:
+        for call in calls:
+            pipe.evalsha(ENQUEUE_SHA, *call)
+        results = await pipe.execute(raise_on_error=False)
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, redis.exceptions.NoScriptError):
+            raise result
+    return [
+        call for call, result in zip(calls, results, strict=True) if isinstance(result, redis.exceptions.NoScriptError)
+    ]
 
 
 async def revoke(db: Database, pool: ArqRedis, record: JobRecord) -> JobRecord | None:

@@ -2,8 +2,10 @@
 PostgreSQL whenever the channel is quiet (so a missed message costs a second, never the final state)."""
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
+from databases import Database
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -12,7 +14,6 @@ from service import keys
 from service.metrics import add_job_metrics
 from service.queries import jobs
 from service.schemas import JobRecord, JobStatus
-from service.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -32,35 +33,49 @@ class JobEvent(BaseModel):
     status: JobStatus
 
 
-async def publish(redis: Redis, record: JobRecord, *, metric: str | None = None, seconds: float | None = None) -> None:
-    """Tell live followers (and, given a metric event, the metrics) about a change, in one round trip.
+class Announcement(NamedTuple):
+    """A change of a job to announce: to its followers, and (given a metric event) to the metrics."""
+
+    record: JobRecord
+    metric: str | None = None
+    seconds: float | None = None  # the run's duration, for the histogram
+
+
+async def announce(redis: Redis, announcements: Sequence[Announcement]) -> None:
+    """Publish each change and count its metric, all in one round trip.
 
     Best effort: followers that miss a message find the change in PostgreSQL within QUIET_RECHECK.
     """
-    event = JobEvent(version=record.version, status=record.status())
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.publish(keys.job_events(record.job_id), event.model_dump_json())
-            if metric is not None:
-                add_job_metrics(pipe, record.name, metric, seconds)
+            for record, _, _ in announcements:
+                event = JobEvent(version=record.version, status=record.status())
+                pipe.publish(keys.job_events(record.job_id), event.model_dump_json())
+            job_events = [(record.name, metric, seconds) for record, metric, seconds in announcements if metric]
+            add_job_metrics(pipe, job_events)
             await pipe.execute()
     except (RedisError, OSError) as exc:
-        log.warning("could not publish the status of job %s: %r", record.job_id, exc)
+        log.warning("could not publish the status of %d job(s): %r", len(announcements), exc)
 
 
-async def _read(state: AppState, job_id: str) -> JobEvent | None:
-    record = await jobs.get(state.db, job_id=job_id)
+async def publish(redis: Redis, record: JobRecord, *, metric: str | None = None, seconds: float | None = None) -> None:
+    """Announce one change (see `announce`)."""
+    await announce(redis, [Announcement(record, metric, seconds)])
+
+
+async def _read(db: Database, job_id: str) -> JobEvent | None:
+    record = await jobs.get(db, job_id=job_id)
     return None if record is None else JobEvent(version=record.version, status=record.status())
 
 
-async def status_events(state: AppState, job_id: str) -> AsyncIterator[bytes]:
+async def status_events(db: Database, redis: Redis, job_id: str) -> AsyncIterator[bytes]:
     """One event per change of the job's status, ending after a final state."""
-    pubsub = state.redis.pubsub()
+    pubsub = redis.pubsub()
     await pubsub.subscribe(keys.job_events(job_id))  # before the first read: no change can slip in between
     try:
         last_version = 0
         quiet = 0
-        event = await _read(state, job_id)
+        event = await _read(db, job_id)
         while event is not None:
             if event.version > last_version:
                 last_version = event.version
@@ -74,6 +89,6 @@ async def status_events(state: AppState, job_id: str) -> AsyncIterator[bytes]:
             quiet += 1
             if quiet % KEEPALIVE_EVERY == 0:
                 yield b": keep-alive\n\n"
-            event = await _read(state, job_id)
+            event = await _read(db, job_id)
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]

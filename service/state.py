@@ -6,7 +6,9 @@ from arq.connections import ArqRedis
 from databases import Database
 from starlette.requests import Request
 
+from service.dispatch import Dispatcher
 from service.metrics import HttpMetrics
+from service.queries.users import UserLookup
 from service.security import Passwords, Tokens
 from service.settings import Settings
 
@@ -19,6 +21,8 @@ class AppState:
     passwords: Passwords
     tokens: Tokens
     http_metrics: HttpMetrics
+    dispatcher: Dispatcher
+    users: UserLookup
 
 
 def app_state(request: Request) -> AppState:

@@ -12,7 +12,7 @@ from databases import Database
 
 from jobs.reconcile import reconcile
 from service import jobcodec, keys
-from service.app import open_redis
+from service.connections import open_redis
 from service.settings import Settings
 from tests.conftest import drain
 

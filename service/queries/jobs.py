@@ -49,16 +49,12 @@ async def accept(
     owner_id: int | None,
     args: Mapping[str, Any],
     request_id: str | None = None,
-) -> tuple[JobRecord, bool]:
-    """Record an accepted job as PENDING; (the record, True) if new, (the existing record, False) if not."""
+) -> JobRecord | None:
+    """Record an accepted job as PENDING; None if its job id is known already."""
     row = await _ACCEPT.fetch_one(
         db, job_id=job_id, name=name, queue_name=queue_name, owner_id=owner_id, args=dict(args), request_id=request_id
     )
-    if row is not None:
-        return JobRecord.model_validate(row), True
-    existing = await get(db, job_id=job_id)
-    assert existing is not None  # the conflicting row exists: jobs are never deleted by job id
-    return existing, False
+    return None if row is None else JobRecord.model_validate(row)
 
 
 async def get(db: Database, *, job_id: str, owner_id: int | None = None) -> JobRecord | None:
@@ -159,6 +155,12 @@ FROM unnest($1::varchar[], $2::jsonb[]) AS done(job_id, result)
 WHERE jobs.job_id = done.job_id AND jobs.state IN ({_ACTIVE_SQL})
 RETURNING jobs.*
 """
+_ACCEPT_MANY = """
+INSERT INTO jobs (job_id, name, queue_name, owner_id, args, request_id)
+SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[])
+ON CONFLICT (job_id) DO NOTHING
+RETURNING jobs.*
+"""
 _JSON_COLUMNS = frozenset({"args", "progress", "result", "error"})
 
 
@@ -166,6 +168,17 @@ async def _many(db: Database, sql: str, *columns: list[Any]) -> dict[str, JobRec
     async with db.connection() as connection:
         records = await connection.raw_connection.fetch(sql, *columns)
     return {record["job_id"]: JobRecord.model_validate(decoded(record, _JSON_COLUMNS)) for record in records}
+
+
+async def accept_many(db: Database, accepted: list[dict[str, Any]]) -> dict[str, JobRecord]:
+    """`accept` for many jobs in one statement: the rows it created, by job id (known job ids are left out)."""
+    return await _many(
+        db,
+        _ACCEPT_MANY,
+        *([job[column] for job in accepted] for column in ("job_id", "name", "queue_name", "owner_id")),
+        [orjson.dumps(job["args"]).decode() for job in accepted],
+        [job["request_id"] for job in accepted],
+    )
 
 
 async def start_many(db: Database, started: list[dict[str, Any]]) -> dict[str, JobRecord]:

@@ -57,6 +57,11 @@ class Prepared:
             record = await connection.raw_connection.fetchrow(self.sql, *self._arguments(values))
         return None if record is None else decoded(record, self.json_columns)
 
+    async def fetch_all(self, db: Database, **values: Any) -> list[dict[str, Any]]:
+        async with db.connection() as connection:
+            records = await connection.raw_connection.fetch(self.sql, *self._arguments(values))
+        return [decoded(record, self.json_columns) for record in records]
+
     async def fetch_val(self, db: Database, **values: Any) -> Any:
         async with db.connection() as connection:
             return await connection.raw_connection.fetchval(self.sql, *self._arguments(values))

@@ -4,7 +4,9 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 from databases import Database
+from sqlalchemy.dialects.postgresql import ARRAY
 
+from service.batching import Batcher
 from service.errors import Conflict
 from service.queries.prepared import Prepared, param
 from service.queries.rows import as_dict
@@ -30,13 +32,29 @@ async def create_user(db: Database, *, email: str, username: str, hashed_passwor
         raise _conflict(exc) from None
 
 
-_GET_USER = Prepared(users.select().where(users.c.id == param("user_id")))
-
-
 async def get_user(db: Database, *, user_id: int) -> UserRecord | None:
-    """Every authenticated request asks this, so it is a prepared statement."""
-    row = await _GET_USER.fetch_one(db, user_id=user_id)
-    return None if row is None else UserRecord.model_validate(row)
+    row = await db.fetch_one(users.select().where(users.c.id == user_id))
+    return None if row is None else _user(row)
+
+
+_GET_USERS = Prepared(users.select().where(users.c.id == sa.func.any(param("user_ids", type_=ARRAY(sa.BigInteger)))))
+
+
+class UserLookup:
+    """Users by id, for authentication: every authenticated request asks for its user, so the users
+    of concurrent requests are read together, one prepared statement per batch (service.batching)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._batch = Batcher(self._read)
+
+    async def get(self, user_id: int) -> UserRecord | None:
+        return await self._batch.submit(user_id)
+
+    async def _read(self, user_ids: list[int]) -> list[UserRecord | None]:
+        rows = await _GET_USERS.fetch_all(self._db, user_ids=list(set(user_ids)))
+        found = {row["id"]: UserRecord.model_validate(row) for row in rows}
+        return [found.get(user_id) for user_id in user_ids]
 
 
 async def find_by_login(db: Database, *, login: str) -> UserRecord | None:

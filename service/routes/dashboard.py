@@ -181,9 +181,7 @@ async def retry(request: Request) -> Response:
     if original.state not in RETRYABLE:
         raise Conflict(f"Only failed or revoked jobs can be retried; this one is {original.state}")
     state = app_state(request)
-    new = await dispatch.submit(
-        state.db, state.redis, name=original.name, owner_id=original.owner_id, args=original.args
-    )
+    new = await state.dispatcher.submit(name=original.name, owner_id=original.owner_id, args=original.args)
     return respond(new.status(), status_code=202)
 
 

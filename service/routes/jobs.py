@@ -56,7 +56,7 @@ async def _submit(request: Request, name: str, args: dict[str, object]) -> Respo
     user = await current_user(request)
     state = app_state(request)
     await within_quota(state, user)
-    record = await dispatch.submit(state.db, state.redis, name=name, owner_id=user.id, args=args)
+    record = await state.dispatcher.submit(name=name, owner_id=user.id, args=args)
     return accepted(record, f"/jobs/{record.job_id}")
 
 
@@ -108,7 +108,8 @@ async def abort_job(request: Request) -> Response:
 async def job_events(request: Request) -> Response:
     record = await own_job(request, await current_user(request))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    stream = status_events(app_state(request), record.job_id)
+    state = app_state(request)
+    stream = status_events(state.db, state.redis, record.job_id)
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 

@@ -5,7 +5,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import dispatch
 from service.auth import current_user
 from service.errors import APIError, NotFound
 from service.http import parse_body
@@ -51,9 +50,7 @@ async def create_task(request: Request) -> Response:
     args = {"owner_id": user.id, **data.model_dump(mode="json")}
     state = app_state(request)
     await within_quota(state, user)
-    record = await dispatch.submit(
-        state.db, state.redis, name="process_new_task", owner_id=user.id, args=args, job_id=job_id
-    )
+    record = await state.dispatcher.submit(name="process_new_task", owner_id=user.id, args=args, job_id=job_id)
     return accepted(record, _status_url(record.job_id))
 
 
@@ -67,7 +64,7 @@ async def remind(request: Request) -> Response:
     if task is None:
         raise NotFound("Task not found")
     args = {"task_id": task.id}
-    record = await dispatch.submit(state.db, state.redis, name="send_task_reminder_email", owner_id=user.id, args=args)
+    record = await state.dispatcher.submit(name="send_task_reminder_email", owner_id=user.id, args=args)
     return accepted(record, _status_url(record.job_id))
 
 

@@ -27,8 +27,9 @@ from arq.connections import RedisSettings
 from databases import Database
 from redis.asyncio import Redis
 
-from service import dispatch, migrate
-from service.app import open_redis
+from service import migrate
+from service.connections import open_redis
+from service.dispatch import Dispatcher
 from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.servers import ensure_database
 
@@ -228,14 +229,15 @@ async def _submit_ours(bench: Bench, count: int, *, spacing: float = 0.0) -> Non
     async with Database(bench.database_url, min_size=1, max_size=20) as db:
         owner = (await bench.sql("SELECT id FROM users ORDER BY id LIMIT 1"))[0]["id"]
         pool = open_redis(_settings(bench))
+        dispatcher = Dispatcher(db, pool)
         try:
             if spacing:
                 for n in range(count):
-                    await _one(db, pool, owner, n)
+                    await _one(dispatcher, owner, n)
                     await asyncio.sleep(spacing)
             else:
                 for start in range(0, count, 200):
-                    await asyncio.gather(*(_one(db, pool, owner, n) for n in range(start, min(count, start + 200))))
+                    await asyncio.gather(*(_one(dispatcher, owner, n) for n in range(start, min(count, start + 200))))
         finally:
             await pool.aclose()
 
@@ -246,9 +248,9 @@ def _settings(bench: Bench) -> Any:
     return Settings(database_url=bench.database_url, redis_url=bench.valkey.url, jwt_secret=SECRET)
 
 
-async def _one(db: Database, pool: Any, owner: int, n: int) -> None:
+async def _one(dispatcher: Dispatcher, owner: int, n: int) -> None:
     args = {"owner_id": owner, "title": f"bench {n}", "description": None, "due_at": None, "priority": "normal"}
-    await dispatch.submit(db, pool, name="process_new_task", owner_id=owner, args=args)
+    await dispatcher.submit(name="process_new_task", owner_id=owner, args=args)
 
 
 async def _ours_window(bench: Bench, count: int) -> tuple[float, list[float]]:
