@@ -27,9 +27,10 @@ from arq.connections import RedisSettings
 from databases import Database
 from redis.asyncio import Redis
 
+from jobs.progress import report_progress
 from service import migrate
 from service.connections import open_redis
-from service.dispatch import Dispatcher
+from service.dispatch import Dispatcher, record_job
 from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.servers import ensure_database
 
@@ -41,7 +42,9 @@ CONNECTIONS = 64
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 JOBS = int(os.environ.get("BENCH_JOBS", "5000"))
+SOAK = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
 PICKUPS = 200
+PROGRESS_UPDATES = 200
 
 
 @dataclass
@@ -149,7 +152,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wrk(
-    url: str, *, method: str = "GET", body: str | None = None, headers: dict[str, str] | None = None
+    url: str,
+    *,
+    method: str = "GET",
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+    connections: int = CONNECTIONS,
+    seconds: int = DURATION,
 ) -> tuple[float, float, float]:
     """Requests per second, p50 and p99 in milliseconds."""
     script = ["wrk.method = " + json.dumps(method)]
@@ -159,7 +168,7 @@ def wrk(
         script.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write("\n".join(script) + "\n")
-    argv = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-s", lua.name, url]
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     os.unlink(lua.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -192,12 +201,7 @@ def http_benchmarks(bench: Bench) -> None:
     service, ours = bench.serve("service.app:create_app", "api", factory=True)
     baseline, base = bench.serve("tests.bench.baseline_app:app", "baseline")
     try:
-        user = {"email": "bench@example.com", "username": "bench", "password": PASSWORD}
-        httpx.post(f"{ours}/auth/register", json=user).raise_for_status()
-        token = httpx.post(f"{ours}/auth/token", data={"username": "bench", "password": PASSWORD}).json()[
-            "access_token"
-        ]
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = _login(ours)
         post = {**auth, "Content-Type": "application/json"}
         task = json.dumps({"title": "Benchmark the service", "priority": "high"})
         const = measure(lambda: wrk(f"{base}/const"))
@@ -220,6 +224,96 @@ def http_benchmarks(bench: Bench) -> None:
         ),
     ]
     bench.notes.append(f"API process RSS after its load: {api_rss:.0f} MB.")
+
+
+def _login(base: str) -> dict[str, str]:
+    user = {"email": "bench@example.com", "username": "bench", "password": PASSWORD}
+    if httpx.post(f"{base}/auth/register", json=user).status_code not in (201, 409):
+        raise RuntimeError("could not register the benchmark's user")
+    token = httpx.post(f"{base}/auth/token", data={"username": "bench", "password": PASSWORD}).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+# Live progress over Server-Sent Events
+
+
+async def _progress_delays(bench: Bench, base: str, auth: dict[str, str]) -> list[float]:
+    """Seconds from a job's `report_progress` call (its row updated, the change published) to the
+    event reaching a client following the job's SSE stream through the API."""
+    async with Database(bench.database_url, min_size=1, max_size=2) as db:
+        redis = open_redis(_settings(bench))
+        owner = (await bench.sql("SELECT id FROM users WHERE username = 'bench'"))[0]["id"]
+        job = await record_job(db, name="long_running_calculation", owner_id=owner, args={})
+        ctx: Any = {"db": db, "redis": redis, "job_id": job.job_id}
+        sent: dict[int, float] = {}
+        delays: list[float] = []
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as client:
+            async with client.stream("GET", f"/jobs/{job.job_id}/events") as stream:
+
+                async def follow() -> None:
+                    async for line in stream.aiter_lines():
+                        if line.startswith("data: "):
+                            progress = json.loads(line[6:])["progress"]
+                            if progress and progress["current"] in sent:
+                                delays.append(time.perf_counter() - sent[progress["current"]])
+                                if len(delays) == PROGRESS_UPDATES:
+                                    return
+
+                follower = asyncio.create_task(follow())
+                await asyncio.sleep(0.5)  # subscribed, first event (PENDING) read
+                for step in range(1, PROGRESS_UPDATES + 1):
+                    sent[step] = time.perf_counter()
+                    await report_progress(ctx, step, PROGRESS_UPDATES + 1)
+                    await asyncio.sleep(0.02)
+                await asyncio.wait_for(follower, 10)
+        await redis.aclose()
+    return delays
+
+
+def sse_latency(bench: Bench) -> None:
+    service, base = bench.serve("service.app:create_app", "api-sse", factory=True)
+    try:
+        delays = asyncio.run(_progress_delays(bench, base, _login(base)))
+    finally:
+        stop(service)
+    ms = sorted(delay * 1000 for delay in delays)
+    bench.rows.append(
+        (
+            f"**ours: live progress**, {len(ms)} updates to an SSE client (row update, publish, relay)",
+            "",
+            f"p50 {statistics.median(ms):.1f} ms, p99 {ms[int(len(ms) * 0.99) - 1]:.1f} ms, max {ms[-1]:.1f} ms",
+            "",
+        )
+    )
+
+
+# Memory under sustained load
+
+
+def soak(bench: Bench) -> None:
+    """POST /tasks and the worker under load for SOAK seconds; RSS sampled every few seconds."""
+    asyncio.run(bench.flush_redis())
+    service, base = bench.serve("service.app:create_app", "api-soak", factory=True)
+    worker = bench.process([sys.executable, "-m", "jobs"], "worker-soak")
+    post = {**_login(base), "Content-Type": "application/json"}
+    task = json.dumps({"title": "Soak the service", "priority": "low"})
+    chunk = 5
+    samples: list[tuple[float, float]] = []
+    try:
+        for _ in range(max(1, SOAK // chunk)):
+            wrk(f"{base}/tasks", method="POST", body=task, headers=post, connections=16, seconds=chunk)
+            samples.append((rss_mb(service.pid), rss_mb(worker.pid)))
+    finally:
+        stop(worker)
+        stop(service)
+    api, work = [sample[0] for sample in samples], [sample[1] for sample in samples]
+    settled = len(samples) // 4  # after the first quarter: pools and caches filled
+    bench.notes.append(
+        f"Memory over a {SOAK} s soak (POST /tasks at 16 connections, the worker taking the jobs), RSS sampled "
+        f"every {chunk} s: API {api[0]:.0f} -> {api[-1]:.0f} MB (max {max(api):.0f}; "
+        f"{api[-1] - api[settled]:+.1f} MB after the first quarter), worker {work[0]:.0f} -> {work[-1]:.0f} MB "
+        f"(max {max(work):.0f}; {work[-1] - work[settled]:+.1f} MB after the first quarter)."
+    )
 
 
 # Workers
@@ -417,8 +511,10 @@ def main() -> None:
     bench.start_servers()
     try:
         http_benchmarks(bench)
+        sse_latency(bench)
         ours_worker(bench)
         baseline_workers(bench)
+        soak(bench)
     finally:
         bench.stop_servers()
     REPORT.write_text(render(bench))
