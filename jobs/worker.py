@@ -8,6 +8,7 @@ Both take --burst, --check and --watch. Run at least one of each (`make run` doe
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -94,6 +95,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     if settings.reconcile_seconds:
         reconciler = run_reconciler(db, ctx["redis"], stats.worker_id, settings.reconcile_seconds)
         ctx["background"].append(asyncio.create_task(reconciler))
+    gc.freeze()  # as the API does: what startup built stays out of every full garbage collection
 
 
 async def startup_process(ctx: dict[str, Any]) -> None:

