@@ -54,5 +54,5 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-clean: ## delete local data (.data/: embedded databases, Redis file) and the virtualenv
-	rm -rf .data $(VENV)
+clean: ## delete local data (.data/: embedded databases, Redis file) and the virtualenvs
+	rm -rf .data $(VENV) .venv-celery
