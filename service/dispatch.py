@@ -64,17 +64,14 @@ class Dispatcher:
         await enqueue_many(self.redis, [(record, None) for record in batch])
         return [None] * len(batch)
 
-    async def _accept_many(self, batch: list[dict[str, Any]]) -> list[JobRecord | BaseException | None]:
-        """Each job's new row, or None where its job id was known (or came twice in the batch)."""
+    async def _accept_many(self, batch: list[dict[str, Any]]) -> Sequence[JobRecord | BaseException | None]:
+        """Each job's new row, or None where its job id was known (or came earlier in the batch)."""
         try:
             rows = await jobs.accept_many(self.db, batch)
         except asyncpg.IntegrityConstraintViolationError:
             # One bad row (its owner deleted meanwhile, say) fails the statement: each on its own instead.
             return [await _accept_alone(self.db, job) for job in batch]
-        created: list[JobRecord | BaseException | None] = []
-        for job in batch:
-            created.append(rows.pop(job["job_id"], None))
-        return created
+        return [rows.pop(job["job_id"], None) for job in batch]
 
 
 def _new_job(*, name: str, owner_id: int | None, args: Mapping[str, Any], job_id: str | None) -> dict[str, Any]:

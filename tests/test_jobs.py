@@ -5,15 +5,19 @@ import csv
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 import httpx
 import pytest
+from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from databases import Database
 from redis.asyncio import Redis
 
 from service import keys
+from service.dispatch import Dispatcher
+from service.schemas import JobRecord
 from service.settings import Settings
 from tests.conftest import MailBox, background_worker, drain, login, register
 
@@ -104,6 +108,42 @@ async def test_idempotency_key_gives_one_job_and_one_row(
     bob = await make_user("bob")  # the same key from someone else is their own job
     theirs = await client.post("/tasks", headers={**bob, "Idempotency-Key": "order-42"}, json={"title": "once"})
     assert theirs.json()["job_id"] != first.json()["job_id"]
+
+
+async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
+    client: httpx.AsyncClient, db: Database, redis: Redis, make_user: MakeUser
+) -> None:
+    """Arriving together, they share batches (service.batching): still one row and one queued job."""
+    alice = await make_user("alice")
+    headers = {**alice, "Idempotency-Key": "order-7"}
+    same = [client.post("/tasks", headers=headers, json={"title": "once"}) for _ in range(20)]
+    other = client.post("/tasks", headers=headers, json={"title": "twice"})
+    *answers, different = await asyncio.gather(*same, other)
+    # Whichever body used the key first has its job; the other body is refused, every time it comes.
+    if different.status_code == 202:
+        assert {answer.status_code for answer in answers} == {422}
+    else:
+        assert different.status_code == 422
+        assert {answer.status_code for answer in answers} == {202}
+        assert len({answer.json()["job_id"] for answer in answers}) == 1
+    assert await db.fetch_val("SELECT count(*) FROM jobs WHERE name = 'process_new_task'") == 1
+    assert await redis.zcard(keys.QUEUE) == 2  # that job and alice's welcome email
+
+
+async def test_a_job_that_fails_its_batch_fails_alone(db: Database, redis: Redis, make_user: MakeUser) -> None:
+    """A row the batch's statement cannot take (here: an owner that does not exist) fails its own
+    request only; the jobs batched with it are accepted."""
+    await make_user("alice")
+    owner = await db.fetch_val("SELECT id FROM users WHERE username = 'alice'")
+    dispatcher = Dispatcher(db, cast(ArqRedis, redis))
+    args = {"title": "batched"}
+    submissions = [dispatcher.submit(name="process_new_task", owner_id=owner, args=args) for _ in range(9)]
+    submissions.insert(5, dispatcher.submit(name="process_new_task", owner_id=owner + 1000, args=args))
+    results = await asyncio.gather(*submissions, return_exceptions=True)
+    assert isinstance(results.pop(5), asyncpg.ForeignKeyViolationError)
+    assert all(isinstance(result, JobRecord) and result.owner_id == owner for result in results)
+    assert await db.fetch_val("SELECT count(*) FROM jobs WHERE name = 'process_new_task'") == 9
+    assert await redis.zcard(keys.QUEUE) == 10  # those nine and the welcome email
 
 
 async def test_a_rerun_of_process_new_task_inserts_no_second_row(
