@@ -9,7 +9,7 @@ import asyncpg
 import redis.exceptions
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
@@ -109,6 +109,12 @@ def _dependency_error(request: Request, exc: Exception) -> Response:
     return _api_error(request, Unavailable())
 
 
+def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client left before its body arrived: nothing was done, and nobody is there to answer.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)  # nginx's "client closed request", for the access log and metrics
+
+
 def _server_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -119,5 +125,6 @@ exception_handlers: dict[Any, ExceptionHandler] = {
     APIError: _api_error,
     HTTPException: _http_error,
     **dict.fromkeys(DEPENDENCY_ERRORS, _dependency_error),
+    ClientDisconnect: _client_gone,
     Exception: _server_error,
 }

@@ -96,6 +96,23 @@ async def _sigterm_mid_calculation(
     return headers, url, took
 
 
+async def test_a_client_leaving_mid_body_is_no_server_error(deployment: Deployment) -> None:
+    host, port = deployment.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    head = b"POST /auth/register HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    writer.write(head + b'{"email": ')
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if "client disconnected during POST /auth/register" in deployment.api.output():
+            break
+        await asyncio.sleep(0.05)
+    log = deployment.api.output()
+    assert "client disconnected during POST /auth/register" in log, log
+    assert "unhandled error" not in log and "Traceback" not in log, log
+
+
 async def test_sigterm_lets_the_running_job_finish(deployment: Deployment) -> None:
     async with await deployment.client() as client:
         headers, url, took = await _sigterm_mid_calculation(deployment, client, "sam", 0.5)
