@@ -51,8 +51,8 @@ async def announce(redis: Redis, announcements: Sequence[Announcement]) -> None:
             for record, _, _ in announcements:
                 event = JobEvent(version=record.version, status=record.status())
                 pipe.publish(keys.job_events(record.job_id), event.model_dump_json())
-            job_events = [(record.name, metric, seconds) for record, metric, seconds in announcements if metric]
-            add_job_metrics(pipe, job_events)
+            counted = [(record.name, metric, seconds) for record, metric, seconds in announcements if metric]
+            add_job_metrics(pipe, counted)
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("could not publish the status of %d job(s): %r", len(announcements), exc)
