@@ -6,6 +6,7 @@ asserted, because the machine is shared and noisy; compare the ratios measured s
 
 import asyncio
 import json
+import math
 import os
 import re
 import shutil
@@ -320,12 +321,11 @@ def sse_latency(bench: Bench) -> None:
         delays = asyncio.run(_progress_delays(bench, base, _login(base)))
     finally:
         stop(service)
-    ms = sorted(delay * 1000 for delay in delays)
     bench.rows.append(
         (
-            f"**ours: live progress**, {len(ms)} updates to an SSE client (row update, publish, relay)",
+            f"**ours: live progress**, {len(delays)} updates to an SSE client (row update, publish, relay)",
             "",
-            f"p50 {statistics.median(ms):.1f} ms, p99 {ms[int(len(ms) * 0.99) - 1]:.1f} ms, max {ms[-1]:.1f} ms",
+            f"{quantiles(delays)}, max {max(delays) * 1000:.1f} ms",
             "",
         )
     )
@@ -452,9 +452,14 @@ async def _idle_commands(bench: Bench, seconds: float = 10.0) -> float:
     return (after - before - 2) / seconds  # the two INFO commands are ours
 
 
-def _pickup(seconds: list[float]) -> str:
+def quantiles(seconds: list[float]) -> str:
+    """p50 and p99 of durations, in milliseconds."""
     ms = sorted(value * 1000 for value in seconds)
-    return f"pickup p50 {statistics.median(ms):.1f} ms, p99 {ms[int(len(ms) * 0.99) - 1]:.1f} ms"
+    return f"p50 {statistics.median(ms):.1f} ms, p99 {ms[math.ceil(len(ms) * 0.99) - 1]:.1f} ms"
+
+
+def _pickup(seconds: list[float]) -> str:
+    return f"pickup {quantiles(seconds)}"
 
 
 async def _enqueue_baseline(bench: Bench, kind: str, function: str, count: int, spacing: float = 0.0) -> None:
