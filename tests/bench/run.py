@@ -201,7 +201,9 @@ def measure(run: Callable[[], tuple[float, float, float]]) -> Figure:
 
 
 def latency(figure: Figure) -> str:
-    return f"p50 {min(figure.p50):.1f} ms, p99 {min(figure.p99):.1f}-{max(figure.p99):.1f} ms"
+    low, high = min(figure.p99), max(figure.p99)
+    p99 = f"{high:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f}"
+    return f"p50 {min(figure.p50):.1f} ms, p99 {p99} ms"
 
 
 def http_benchmarks(bench: Bench) -> None:
