@@ -11,7 +11,6 @@ line with it. Every worker runs the loop; a lock in Redis lets one of them act p
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
@@ -19,6 +18,7 @@ from databases import Database
 
 from service import dispatch, jobcodec, keys
 from service.queries import jobs
+from service.queuestats import live_workers
 from service.schemas import JobRecord, JobState
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ class Reconciled:
 
     def __bool__(self) -> bool:
         return any((self.requeued, self.freed, self.failed, self.pruned))
-
-
-async def _live_workers(redis: ArqRedis) -> set[str]:
-    since = (time.time() - keys.WORKER_EXPIRES_SECONDS) * 1000
-    return {worker_id.decode() for worker_id in await redis.zrangebyscore(keys.WORKERS, since, "+inf")}
 
 
 async def _arq_failure(redis: ArqRedis, job_id: str) -> dict[str, str] | None:
@@ -81,7 +76,7 @@ async def _reconcile_one(db: Database, redis: ArqRedis, record: JobRecord, live:
 
 async def reconcile(db: Database, redis: ArqRedis) -> Reconciled:
     done = Reconciled()
-    live = await _live_workers(redis)
+    live = set(await live_workers(redis))
     for record in await jobs.unsettled(db, older_than_seconds=GRACE_SECONDS):
         await _reconcile_one(db, redis, record, live, done)
     done.pruned = await jobs.prune_unowned(db, older_than_days=7)

@@ -1,5 +1,6 @@
-"""How arq's queue stands. arq keeps a job in its queue (a sorted set scored by when it may run)
-until the job finishes, so the raw size counts running and deferred jobs too; this tells them apart."""
+"""How the queues and workers stand. arq keeps a job in its queue (a sorted set scored by when it may
+run) until the job finishes, so the raw size counts running and deferred jobs too; this tells them
+apart. Workers are listed by their own heartbeats (jobs.heartbeat)."""
 
 import time
 from dataclasses import dataclass
@@ -39,3 +40,9 @@ async def queue_stats(redis: Redis) -> QueueStats:
     running = sum(taken)
     oldest = (now_ms - waiting_scores[0]) / 1000 if waiting_scores else None
     return QueueStats(waiting=ready - running, running=running, deferred=deferred, oldest_waiting_age=oldest)
+
+
+async def live_workers(redis: Redis) -> list[str]:
+    """The ids of the workers that beat within the last WORKER_EXPIRES_SECONDS."""
+    since = (time.time() - keys.WORKER_EXPIRES_SECONDS) * 1000
+    return [worker_id.decode() for worker_id in await redis.zrangebyscore(keys.WORKERS, since, "+inf")]

@@ -24,7 +24,7 @@ from service.auth import authenticate, bearer_token, client_ip, user_for_token
 from service.errors import Conflict, Forbidden, NotFound, Unauthorized
 from service.http import parse_form, parse_query
 from service.queries import dashboard
-from service.queuestats import queue_stats
+from service.queuestats import live_workers, queue_stats
 from service.responses import JSONResponse, respond
 from service.routes.docs import templates
 from service.schemas import DashboardJobQuery, JobState, LoginForm, UserRecord
@@ -123,10 +123,10 @@ def _worker(info: dict[bytes, bytes], now: float) -> dict[str, Any]:
 async def _workers(state: AppState) -> list[dict[str, Any]]:
     """Every worker with a heartbeat in the last few seconds, from its own record."""
     now = time.time()
-    ids = await state.redis.zrangebyscore(keys.WORKERS, (now - keys.WORKER_EXPIRES_SECONDS) * 1000, "+inf")
+    ids = await live_workers(state.redis)
     async with state.redis.pipeline(transaction=False) as pipe:
         for worker_id in ids:
-            pipe.hgetall(keys.WORKER + worker_id.decode())
+            pipe.hgetall(keys.WORKER + worker_id)
         found = await pipe.execute()
     workers = [_worker(info, now) for info in found if info]
     return sorted(workers, key=lambda worker: (worker["host"], worker["pid"]))

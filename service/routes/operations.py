@@ -1,5 +1,4 @@
 import asyncio
-import time
 from collections.abc import Awaitable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -11,7 +10,7 @@ from service import keys
 from service.metrics import Snapshot, job_families, process_registry
 from service.openapi import operation
 from service.queries import jobs
-from service.queuestats import queue_stats
+from service.queuestats import live_workers, queue_stats
 from service.responses import JSONResponse
 from service.state import AppState, app_state
 
@@ -50,7 +49,7 @@ async def readyz(request: Request) -> Response:
 
 async def _job_gauges(state: AppState) -> dict[str, tuple[str, float]]:
     queue = await queue_stats(state.redis)
-    workers = await state.redis.zcount(keys.WORKERS, (time.time() - keys.WORKER_EXPIRES_SECONDS) * 1000, "+inf")
+    workers = len(await live_workers(state.redis))
     return {
         "jobs_queued": ("Jobs ready to run that no worker has taken yet", queue.waiting),
         "jobs_deferred": ("Jobs waiting for their time: retries in backoff, cron runs not yet due", queue.deferred),
