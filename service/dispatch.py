@@ -87,10 +87,10 @@ def _new_job(*, name: str, owner_id: int | None, args: Mapping[str, Any], job_id
 
 async def _accept_alone(db: Database, job: dict[str, Any]) -> JobRecord | BaseException | None:
     try:
-        record: JobRecord | None = await jobs.accept(db, **job)
+        created = await jobs.accept_many(db, [job])
     except Exception as exc:  # for its caller alone
         return exc
-    return record
+    return created.get(job["job_id"])
 
 
 async def _existing(db: Database, job: dict[str, Any]) -> JobRecord:
@@ -107,7 +107,8 @@ async def record_job(
 ) -> JobRecord:
     """The job's row alone, inside a caller's transaction; enqueue it once that commits."""
     job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
-    return await jobs.accept(db, **job) or await _existing(db, job)
+    created = await jobs.accept_many(db, [job])
+    return created.get(job["job_id"]) or await _existing(db, job)
 
 
 # arq's enqueue_job, in one round trip instead of four (WATCH, EXISTS, MULTI ... EXEC): the same

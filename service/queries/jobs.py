@@ -5,13 +5,11 @@ duplicate update from a re-run or a racing worker cannot turn a REVOKED or SUCCE
 """
 
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from databases import Database
-from sqlalchemy.dialects.postgresql import insert
 
 from service.queries.prepared import Prepared, decoded, param
 from service.queries.rows import as_dict
@@ -23,38 +21,6 @@ _ACTIVE = [state.value for state in ACTIVE_STATES]
 
 def _record(row: Any) -> JobRecord:
     return JobRecord.model_validate(as_dict(row))
-
-
-_ACCEPT = Prepared(
-    insert(jobs)
-    .values(
-        job_id=param("job_id"),
-        name=param("name"),
-        queue_name=param("queue_name"),
-        owner_id=param("owner_id"),
-        args=param("args", type_=jobs.c.args.type),
-        request_id=param("request_id"),
-    )
-    .on_conflict_do_nothing(index_elements=[jobs.c.job_id])
-    .returning(*jobs.c)
-)
-
-
-async def accept(
-    db: Database,
-    *,
-    job_id: str,
-    name: str,
-    queue_name: str,
-    owner_id: int | None,
-    args: Mapping[str, Any],
-    request_id: str | None = None,
-) -> JobRecord | None:
-    """Record an accepted job as PENDING; None if its job id is known already."""
-    row = await _ACCEPT.fetch_one(
-        db, job_id=job_id, name=name, queue_name=queue_name, owner_id=owner_id, args=dict(args), request_id=request_id
-    )
-    return None if row is None else JobRecord.model_validate(row)
 
 
 async def get(db: Database, *, job_id: str, owner_id: int | None = None) -> JobRecord | None:
@@ -171,7 +137,8 @@ async def _many(db: Database, sql: str, *columns: list[Any]) -> dict[str, JobRec
 
 
 async def accept_many(db: Database, accepted: list[dict[str, Any]]) -> dict[str, JobRecord]:
-    """`accept` for many jobs in one statement: the rows it created, by job id (known job ids are left out)."""
+    """Record accepted jobs as PENDING, in one statement (joining the caller's transaction, if any):
+    the rows it created, by job id; a job id known already is left out."""
     return await _many(
         db,
         _ACCEPT_MANY,
