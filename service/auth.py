@@ -2,7 +2,6 @@
 
 from starlette.requests import Request
 
-from service import throttle
 from service.errors import Forbidden, InvalidAuthToken, Unauthorized
 from service.queries.users import find_by_login, update_user
 from service.schemas import UserRecord
@@ -57,13 +56,13 @@ async def authenticate(state: AppState, *, login: str, password: str, client_ip:
     account = login.strip().lower()
     # Each attempt is counted before the password is checked, so that a burst of concurrent guesses
     # gets no more checks than the limit; a successful login forgets the account's count.
-    await throttle.check(state.redis, per_ip, client_ip, "Too many login attempts from this address")
-    await throttle.check(state.redis, per_account, account, "Too many failed logins for this account")
+    await state.throttle.check(per_ip, client_ip, "Too many login attempts from this address")
+    await state.throttle.check(per_account, account, "Too many failed logins for this account")
     user = await find_by_login(state.db, login=login)
     valid = await state.passwords.verify(user.hashed_password if user else None, password)
     if user is None or not valid or not user.is_active:
         return None
-    await throttle.forget(state.redis, per_account, account)
+    await state.throttle.forget(per_account, account)
     if state.passwords.needs_rehash(user.hashed_password):
         hashed = await state.passwords.hash(password)
         await update_user(state.db, user_id=user.id, changes={"hashed_password": hashed})

@@ -11,6 +11,7 @@ from service.metrics import HttpMetrics
 from service.queries.users import UserLookup
 from service.security import Passwords, Tokens
 from service.settings import Settings
+from service.throttle import Throttle
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class AppState:
     http_metrics: HttpMetrics
     dispatcher: Dispatcher
     users: UserLookup
+    throttle: Throttle
 
 
 def app_state(request: Request) -> AppState:

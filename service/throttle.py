@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service import keys
+from service.batching import Batcher
 from service.errors import APIError
 
 
@@ -28,23 +29,32 @@ class Limit:
         return f"{keys.THROTTLE}{self.name}:{subject}"
 
 
-async def count(redis: Redis, rule: Limit, subject: str) -> tuple[int, int]:
-    """Add one event for subject; (events in the current window, milliseconds until it ends)."""
-    key = rule.key(subject)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.pexpire(key, rule.window * 1000, nx=True)
-        pipe.pttl(key)
-        events, _, ttl = await pipe.execute()
-    return int(events), int(ttl)
+class Throttle:
+    """Counts events against limits, in Redis, for every API process alike. The counts of concurrent
+    requests go to Redis together, in one MULTI/EXEC per batch (service.batching): a request under a
+    limit shares its round trip with the others."""
 
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._counts = Batcher(self._count_many)
 
-async def check(redis: Redis, rule: Limit, subject: str, message: str) -> None:
-    """Count one event and refuse it (429, with Retry-After) beyond the limit."""
-    events, ttl = await count(redis, rule, subject)
-    if events > rule.limit:
-        raise TooManyRequests(message, ttl / 1000)
+    async def check(self, rule: Limit, subject: str, message: str) -> None:
+        """Count one event and refuse it (429, with Retry-After) beyond the limit."""
+        events, ttl_ms = await self._counts.submit((rule, subject))
+        if events > rule.limit:
+            raise TooManyRequests(message, ttl_ms / 1000)
 
+    async def forget(self, rule: Limit, subject: str) -> None:
+        await self._redis.delete(rule.key(subject))
 
-async def forget(redis: Redis, rule: Limit, subject: str) -> None:
-    await redis.delete(rule.key(subject))
+    async def _count_many(self, batch: list[tuple[Limit, str]]) -> list[tuple[int, int]]:
+        """Add one event per (rule, subject); for each, the events in its current window and the
+        milliseconds until that window ends."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for rule, subject in batch:
+                key = rule.key(subject)
+                pipe.incr(key)
+                pipe.pexpire(key, rule.window * 1000, nx=True)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        return [(int(events), int(ttl)) for events, ttl in zip(replies[0::3], replies[2::3], strict=True)]

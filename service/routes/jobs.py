@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service import dispatch, throttle
+from service import dispatch
 from service.auth import current_user
 from service.errors import Conflict, NotFound
 from service.events import status_events
@@ -49,7 +49,7 @@ async def within_quota(state: AppState, user: UserRecord) -> None:
     quota = state.settings.enqueue_quota_per_minute
     if quota:
         rule = Limit("enqueue", quota, 60)
-        await throttle.check(state.redis, rule, str(user.id), "Job quota exceeded: too many jobs this minute")
+        await state.throttle.check(rule, str(user.id), "Job quota exceeded: too many jobs this minute")
 
 
 async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
