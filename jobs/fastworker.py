@@ -116,7 +116,7 @@ class FastWorker(Worker):
             Finished(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
         )
 
-    async def _finish_many(self, batch: list["Finished"]) -> list[None]:
+    async def _finish_many(self, batch: list[Finished]) -> list[None]:
         """arq's finish_job, for a batch of jobs in one MULTI/EXEC."""
         async with self.pool.pipeline(transaction=True) as tr:
             for job in batch:
