@@ -8,7 +8,7 @@ from databases import Database
 
 from jobs.heartbeat import WorkerStats
 from jobs.history import History
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 class WorkerContext(TypedDict):

@@ -8,10 +8,10 @@ from pydantic import BaseModel
 
 from jobs.context import JobContext
 from jobs.lifecycle import job
-from jobs.mail import send_once
 from jobs.retry import PermanentError
-from service.queries.rows import as_dict
-from service.tables import tasks, users
+from jobs.smtp import send_once
+from service.core.queries.rows import as_dict
+from service.core.tables import tasks, users
 
 
 @job(timeout=15)

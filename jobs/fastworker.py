@@ -3,7 +3,7 @@
 - It sleeps while idle and wakes when a job is enqueued, instead of polling Redis. arq polls its
   queue every `poll_delay` seconds, so pickup latency costs idle Redis traffic. After a poll that
   started nothing, this one waits for a message on the queue's wake-up channel (published with
-  every enqueue, see service.dispatch), for one of its own jobs to finish (a slot frees up), or at
+  every enqueue, see service.core.dispatch), for one of its own jobs to finish (a slot frees up), or at
   most `idle_poll` seconds (retries coming due, cron), whichever comes first.
 - It claims ready jobs in one round trip. arq claims them one at a time, each with WATCH, EXISTS,
   ZSCORE and MULTI/EXEC (three round trips, in its poll loop, one job after the other), which caps
@@ -11,7 +11,7 @@
   checks and sets the same in-progress keys, atomically, for a batch.
 - It finishes jobs together: arq writes each job's result and clears its keys in a MULTI/EXEC of
   its own; here the jobs finishing while one such write is under way go in the next one (group
-  commit, service.batching), each job's commands the same as arq's.
+  commit, service.core.batching), each job's commands the same as arq's.
 - Its close() runs the shutdown hook even when it has cancelled a running job (arq's skips it).
 """
 
@@ -27,8 +27,8 @@ from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from service import keys
-from service.batching import Batcher
+from service.core import keys
+from service.core.batching import Batcher
 
 log = logging.getLogger(__name__)
 

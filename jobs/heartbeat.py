@@ -17,7 +17,7 @@ from arq.cron import CronJob
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import keys
+from service.core import keys
 
 BEAT_SECONDS = keys.WORKER_BEAT_SECONDS
 EXPIRES_SECONDS = keys.WORKER_EXPIRES_SECONDS

@@ -11,10 +11,10 @@ from typing import Any
 from databases import Database
 from redis.asyncio import Redis
 
-from service.batching import Batcher
-from service.events import Announcement, announce
-from service.queries import jobs
-from service.schemas import JobRecord
+from service.core.batching import Batcher
+from service.core.events import Announcement, announce
+from service.core.queries import job_records
+from service.core.schemas import JobRecord
 
 
 class History:
@@ -22,11 +22,11 @@ class History:
 
     def __init__(self, db: Database, redis: Redis) -> None:
         async def start_many(started: list[dict[str, Any]]) -> list[JobRecord | None]:
-            rows = await jobs.start_many(db, started)
+            rows = await job_records.start_many(db, started)
             return [rows.get(job["job_id"]) for job in started]
 
         async def succeed_many(results: list[tuple[str, Any]]) -> list[JobRecord | None]:
-            rows = await jobs.succeed_many(db, dict(results))
+            rows = await job_records.succeed_many(db, dict(results))
             return [rows.get(job_id) for job_id, _ in results]
 
         async def announce_many(announcements: list[Announcement]) -> list[None]:

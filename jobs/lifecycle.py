@@ -18,12 +18,12 @@ from arq.worker import Function, func
 
 from jobs.context import JobContext
 from jobs.retry import backoff, is_transient
-from service import keys
-from service.events import publish
-from service.metrics import count_job_event
-from service.queries import jobs
-from service.requestid import request_id
-from service.schemas import JobRecord, JobState
+from service.core import keys
+from service.core.events import publish
+from service.core.metrics import count_job_event
+from service.core.queries import job_records
+from service.core.requestid import request_id
+from service.core.schemas import JobRecord, JobState
 
 log = logging.getLogger("jobs")
 
@@ -138,8 +138,8 @@ async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, 
 
 async def _record(ctx: JobContext, state: JobState, error: dict[str, Any]) -> JobRecord | None:
     if state.is_final:
-        return await jobs.finish(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
-    return await jobs.transition(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
+        return await job_records.finish(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
+    return await job_records.transition(ctx["db"], job_id=ctx["job_id"], state=state, error=error)
 
 
 async def _interrupted(ctx: JobContext) -> None:

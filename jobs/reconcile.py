@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 from databases import Database
 
-from service import dispatch, jobcodec, keys
-from service.queries import jobs
-from service.queuestats import live_workers
-from service.schemas import JobRecord, JobState
+from service.core import dispatch, jobcodec, keys
+from service.core.queries import job_records
+from service.core.queuestats import live_workers
+from service.core.schemas import JobRecord, JobState
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ async def _reconcile_one(db: Database, redis: ArqRedis, record: JobRecord, live:
         return  # waiting in arq's queue (perhaps deferred): arq has it
     failure = await _arq_failure(redis, record.job_id)
     if failure is not None:
-        await jobs.finish(db, job_id=record.job_id, state=JobState.FAILURE, error=failure)
+        await job_records.finish(db, job_id=record.job_id, state=JobState.FAILURE, error=failure)
         done.failed += 1
     else:
         await dispatch.enqueue(redis, record, job_try=record.tries + 1 if record.tries else None)
@@ -77,9 +77,9 @@ async def _reconcile_one(db: Database, redis: ArqRedis, record: JobRecord, live:
 async def reconcile(db: Database, redis: ArqRedis) -> Reconciled:
     done = Reconciled()
     live = set(await live_workers(redis))
-    for record in await jobs.unsettled(db, older_than_seconds=GRACE_SECONDS):
+    for record in await job_records.unsettled(db, older_than_seconds=GRACE_SECONDS):
         await _reconcile_one(db, redis, record, live, done)
-    done.pruned = await jobs.prune_unowned(db, older_than_days=7)
+    done.pruned = await job_records.prune_unowned(db, older_than_days=7)
     return done
 
 

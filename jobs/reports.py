@@ -8,8 +8,8 @@ from typing import Any
 from jobs.context import JobContext
 from jobs.lifecycle import job
 from jobs.progress import report_progress
-from service.queries.reports import save_report
-from service.tables import tasks
+from service.core.queries.reports import save_report
+from service.core.tables import tasks
 
 REPORT_COLUMNS = ["id", "title", "description", "status", "priority", "due_at", "created_at", "updated_at"]
 

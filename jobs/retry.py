@@ -4,37 +4,24 @@ import random
 from collections.abc import Callable
 
 import aiosmtplib
-import asyncpg
-import redis.exceptions
+
+from service.core.errors import is_dependency_failure
 
 
 class PermanentError(Exception):
     """Retrying cannot help: bad input, a row that no longer exists."""
 
 
-# Connections refused or lost, timeouts, servers restarting or overloaded: these pass.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,  # includes ConnectionError, and aiosmtplib's SMTPConnectError / SMTPServerDisconnected
-    TimeoutError,  # includes aiosmtplib's SMTPTimeoutError
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    # What asyncpg raises when the server drops a connection in the middle of a statement.
-    asyncpg.InternalClientError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
-
-
 def is_transient(error: BaseException) -> bool:
+    """Connections refused or lost, timeouts, servers restarting or overloaded: these pass.
+
+    OSError and TimeoutError, among the dependency failures, include aiosmtplib's connect,
+    disconnect and timeout errors."""
     if isinstance(error, PermanentError):
         return False
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return 400 <= error.code < 500  # SMTP 4xx: "try again later"; 5xx: refused for good
-    return isinstance(error, TRANSIENT)
+    return is_dependency_failure(error)
 
 
 def backoff(attempt: int, *, base: float, cap: float = 300.0, rand: Callable[[], float] = random.random) -> float:

@@ -10,9 +10,9 @@ from sqlalchemy.dialects.postgresql import insert
 from jobs.context import JobContext
 from jobs.lifecycle import job
 from jobs.retry import PermanentError
-from service.dispatch import Dispatcher
-from service.queries.prepared import Prepared, param
-from service.tables import emails, tasks
+from service.core.dispatch import Dispatcher
+from service.core.queries.prepared import Prepared, param
+from service.core.tables import emails, tasks
 
 _INSERT_TASK = Prepared(
     insert(tasks)

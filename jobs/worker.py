@@ -27,15 +27,19 @@ from jobs.lifecycle import scheduled
 from jobs.reconcile import run_reconciler
 from jobs.reports import generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
-from service import jobcodec, keys
-from service.connections import open_database
-from service.logs import configure_logging
-from service.settings import Settings
+from service.core import jobcodec, keys
+from service.core.connections import open_database
+from service.core.logs import configure_logging
+from service.core.settings import Settings
 
 T = TypeVar("T")
 
-FAST_FUNCTIONS = [process_new_task, send_welcome_email, send_task_reminder_email]
-SLOW_FUNCTIONS = [generate_report, long_running_calculation]
+FUNCTIONS = [process_new_task, send_welcome_email, send_task_reminder_email, generate_report, long_running_calculation]
+
+
+def functions_for(queue: str) -> list[Function]:
+    """The job functions a worker of `queue` runs: those that service.core.keys sends to it."""
+    return [function for function in FUNCTIONS if keys.queue_for(function.name) == queue]
 
 
 def scheduled_jobs(settings: Settings) -> list[CronJob]:
@@ -121,10 +125,9 @@ def worker_settings(settings: Settings, *, slow: bool = False, own_process: bool
     """The WorkerSettings class arq reads, for these settings and one of the two queues."""
     schedule = [] if slow else scheduled_jobs(settings)  # the heartbeat reports the entries arq schedules
     queue = keys.SLOW_QUEUE if slow else keys.QUEUE
-    registered: list[Function] = SLOW_FUNCTIONS if slow else FAST_FUNCTIONS
 
     class WorkerSettings:
-        functions = registered
+        functions = functions_for(queue)
         cron_jobs = schedule
         queue_name = queue
         redis_settings = resilient_redis(settings)

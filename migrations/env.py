@@ -1,6 +1,6 @@
-"""Alembic environment: async, asyncpg, schema from service.tables.
+"""Alembic environment: async, asyncpg, schema from service.core.tables.
 
-The URL comes from the caller (`service.migrate`) or, for the plain `alembic` CLI, from Settings.
+The URL comes from the caller (`service.dev.migrate`) or, for the plain `alembic` CLI, from Settings.
 """
 
 import asyncio
@@ -10,8 +10,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.settings import Settings
-from service.tables import metadata
+from service.core.settings import Settings
+from service.core.tables import metadata
 
 config = context.config
 

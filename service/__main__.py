@@ -7,15 +7,15 @@ import sys
 
 from pydantic import ValidationError
 
-from service import mailcatcher, migrate, runner
-from service.servers import ServerNotFound, provide
-from service.settings import Settings
+from service.core.settings import Settings
+from service.dev import mailcatcher, migrate, runner
+from service.dev.servers import ServerNotFound, provide
 
 
 async def _promote(database_url: str, email: str) -> bool:
     from databases import Database
 
-    from service.queries.users import promote_admin
+    from service.core.queries.users import promote_admin
 
     async with Database(database_url) as db:
         return await promote_admin(db, email=email)

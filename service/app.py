@@ -8,22 +8,20 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
-from service import routing
-from service.connections import open_database, open_redis
-from service.dispatch import Dispatcher
-from service.errors import exception_handlers
-from service.logs import configure_logging
-from service.metrics import HttpMetrics
-from service.middleware import BodySizeLimit, Telemetry
-from service.queries.users import UserLookup
-from service.requestid import RequestId
-from service.routes import auth, dashboard, docs, items, jobs, operations, reports, tasks, users
-from service.security import Passwords, Tokens
-from service.settings import Settings
-from service.state import AppState
-from service.throttle import Throttle
+from service.api.errors import exception_handlers
+from service.api.metrics import HttpMetrics
+from service.api.middleware import BodySizeLimit, RequestId, Telemetry
+from service.api.routes import all_routes
+from service.api.security import Passwords, Tokens
+from service.api.state import AppState
+from service.api.throttle import Throttle
+from service.core.connections import open_database, open_redis
+from service.core.dispatch import Dispatcher
+from service.core.logs import configure_logging
+from service.core.queries.users import UserLookup
+from service.core.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -32,16 +30,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings = Settings()
         configure_logging(settings)
-    api_routes: list[BaseRoute] = [
-        *auth.routes,
-        *users.routes,
-        *items.routes,
-        *tasks.routes,
-        *jobs.routes,
-        *reports.routes,
-        *operations.routes,
-    ]
-    routes = routing.by_path([*api_routes, *docs.routes(api_routes), *dashboard.routes])
+    routes = all_routes()
     http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
     route_names = {route.endpoint: route.path_format for route in routes if isinstance(route, Route)}
 

@@ -25,13 +25,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobs.fastworker import FastWorker
 from jobs.worker import worker_settings
-from service import mailcatcher, migrate
 from service.app import create_app
-from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from service.mailcatcher import CaughtMail
-from service.servers import ensure_database
-from service.settings import Environment, Settings
-from service.tables import metadata
+from service.core.settings import Environment, Settings
+from service.core.tables import metadata
+from service.dev import mailcatcher, migrate
+from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.dev.mailcatcher import CaughtMail
+from service.dev.servers import ensure_database
 from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
 
 TEST_SECRET = "test-secret-" + "x" * 40

@@ -7,8 +7,8 @@ import jwt
 import pytest
 from databases import Database
 
-from service.security import InvalidToken, Tokens
-from service.settings import Settings
+from service.api.security import InvalidToken, Tokens
+from service.core.settings import Settings
 from tests.conftest import PASSWORD, TEST_SECRET, login, register
 
 

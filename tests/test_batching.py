@@ -1,11 +1,11 @@
-"""Group commit (service.batching): what concurrent callers hand in goes out together, and each
+"""Group commit (service.core.batching): what concurrent callers hand in goes out together, and each
 caller gets its own result, or the batch's error."""
 
 import asyncio
 
 import pytest
 
-from service.batching import Batcher
+from service.core.batching import Batcher
 
 
 class Recorder:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.embedded import free_port
+from service.dev.embedded import free_port
 from tests.conftest import PASSWORD
 from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
 

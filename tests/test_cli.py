@@ -5,7 +5,7 @@ from pathlib import Path
 
 import httpx
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import login, register
 from tests.processes import clean_env, python
 

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from service.settings import Environment, Settings
+from service.core.settings import Environment, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from databases import Database
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import PASSWORD, MailBox, api_client, background_worker, drain, login, register
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]

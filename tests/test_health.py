@@ -2,8 +2,8 @@
 
 import httpx
 
-from service.embedded import free_port
-from service.settings import Settings
+from service.core.settings import Settings
+from service.dev.embedded import free_port
 from tests.conftest import api_client
 
 

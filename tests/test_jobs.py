@@ -15,10 +15,10 @@ from arq.utils import timestamp_ms
 from databases import Database
 from redis.asyncio import Redis
 
-from service import keys
-from service.dispatch import Dispatcher
-from service.schemas import JobRecord
-from service.settings import Settings
+from service.core import keys
+from service.core.dispatch import Dispatcher
+from service.core.schemas import JobRecord
+from service.core.settings import Settings
 from tests.conftest import MailBox, background_worker, drain, login, register
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
@@ -113,7 +113,7 @@ async def test_idempotency_key_gives_one_job_and_one_row(
 async def test_concurrent_requests_with_one_idempotency_key_make_one_job(
     client: httpx.AsyncClient, db: Database, redis: Redis, make_user: MakeUser
 ) -> None:
-    """Arriving together, they share batches (service.batching): still one row and one queued job."""
+    """Arriving together, they share batches (service.core.batching): still one row and one queued job."""
     alice = await make_user("alice")
     headers = {**alice, "Idempotency-Key": "order-7"}
     same = [client.post("/tasks", headers=headers, json={"title": "once"}) for _ in range(20)]

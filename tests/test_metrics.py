@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import MailBox, background_worker, drain
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]

@@ -1,4 +1,4 @@
-"""The alembic revisions: a round trip on an empty database, and no drift from service.tables."""
+"""The alembic revisions: a round trip on an empty database, and no drift from service.core.tables."""
 
 import asyncio
 import uuid
@@ -7,8 +7,8 @@ import asyncpg
 import sqlalchemy as sa
 from alembic import command
 
-from service import migrate
-from service.servers import ensure_database
+from service.dev import migrate
+from service.dev.servers import ensure_database
 from tests.conftest import Servers
 
 
@@ -33,5 +33,5 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database(servers: Servers) -> Non
     assert asyncio.run(_tables(url)) == {"alembic_version"}
     migrate.upgrade(url)
     assert asyncio.run(_tables(url)) >= {"users", "items", "tasks", "jobs"}
-    # `alembic check` raises when service.tables and the revisions disagree.
+    # `alembic check` raises when service.core.tables and the revisions disagree.
     command.check(migrate.alembic_config(url))

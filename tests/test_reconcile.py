@@ -11,9 +11,9 @@ from arq.utils import timestamp_ms
 from databases import Database
 
 from jobs.reconcile import reconcile
-from service import jobcodec, keys
-from service.connections import open_redis
-from service.settings import Settings
+from service.core import jobcodec, keys
+from service.core.connections import open_redis
+from service.core.settings import Settings
 from tests.conftest import drain
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]

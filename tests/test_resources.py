@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from databases import Database
 
-from service import tables
+from service.core import tables
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
 

@@ -17,8 +17,8 @@ from arq.utils import timestamp_ms
 from databases import Database
 from redis.asyncio import Redis
 
-from service import keys
-from service.settings import Settings
+from service.core import keys
+from service.core.settings import Settings
 from tests.conftest import PASSWORD, TEST_SECRET, api_client, drain, login, register
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]

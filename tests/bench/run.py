@@ -29,11 +29,11 @@ from databases import Database
 from redis.asyncio import Redis
 
 from jobs.progress import report_progress
-from service import migrate
-from service.connections import open_redis
-from service.dispatch import Dispatcher, record_job
-from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from service.servers import ensure_database
+from service.core.connections import open_redis
+from service.core.dispatch import Dispatcher, record_job
+from service.dev import migrate
+from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.dev.servers import ensure_database
 
 PROJECT = Path(__file__).resolve().parents[2]
 REPORT = PROJECT / "docs" / "benchmarks.md"
@@ -384,7 +384,7 @@ async def _submit_ours(bench: Bench, count: int, *, spacing: float = 0.0) -> Non
 
 
 def _settings(bench: Bench) -> Any:
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     return Settings(database_url=bench.database_url, redis_url=bench.valkey.url, jwt_secret=SECRET)
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from service import migrate
-from service.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from service.servers import ensure_database
+from service.dev import migrate
+from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.dev.servers import ensure_database
 from tests.conftest import PASSWORD, TEST_SECRET, MailBox
 from tests.processes import PROJECT_DIR, Proc, clean_env, python, start, wait_http
 

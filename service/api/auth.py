@@ -1,0 +1,81 @@
+"""Who is calling: the bearer token (or, for the dashboard, the session cookie) resolved to a user."""
+
+from starlette.requests import Request
+
+from service.api.errors import Forbidden, InvalidAuthToken, Unauthorized
+from service.api.security import InvalidToken
+from service.api.state import AppState, app_state
+from service.api.throttle import Limit
+from service.core.queries.users import find_by_login, update_user
+from service.core.schemas import UserRecord
+from service.core.settings import Settings
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def user_for_token(state: AppState, token: str) -> UserRecord:
+    """The active user a token names; InvalidAuthToken (401) otherwise."""
+    try:
+        user_id = state.tokens.user_id(token)
+    except InvalidToken:
+        raise InvalidAuthToken() from None
+    user = await state.users.get(user_id)
+    if user is None or not user.is_active:
+        raise InvalidAuthToken()
+    return user
+
+
+async def current_user(request: Request) -> UserRecord:
+    """The active user the request's bearer token names; 401 with WWW-Authenticate otherwise."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized()
+    return await user_for_token(app_state(request), token)
+
+
+def login_limits(settings: Settings) -> tuple[Limit, Limit]:
+    """Failed logins per account (15 minutes), and attempts per client address (a minute)."""
+    return (
+        Limit("login-account", settings.login_failures_per_account, 15 * 60),
+        Limit("login-ip", settings.login_attempts_per_ip, 60),
+    )
+
+
+async def authenticate(state: AppState, *, login: str, password: str, client_ip: str) -> UserRecord | None:
+    """The active user with this username or email and password, or None; 429 when throttled.
+
+    An unknown login costs what a wrong password does, so timing does not tell which usernames
+    exist. Throttling comes before any hashing, so a flood costs little CPU.
+    """
+    per_account, per_ip = login_limits(state.settings)
+    account = login.strip().lower()
+    # Each attempt is counted before the password is checked, so that a burst of concurrent guesses
+    # gets no more checks than the limit; a successful login forgets the account's count.
+    await state.throttle.check(per_ip, client_ip, "Too many login attempts from this address")
+    await state.throttle.check(per_account, account, "Too many failed logins for this account")
+    user = await find_by_login(state.db, login=login)
+    valid = await state.passwords.verify(user.hashed_password if user else None, password)
+    if user is None or not valid or not user.is_active:
+        return None
+    await state.throttle.forget(per_account, account)
+    if state.passwords.needs_rehash(user.hashed_password):
+        hashed = await state.passwords.hash(password)
+        await update_user(state.db, user_id=user.id, changes={"hashed_password": hashed})
+    return user
+
+
+def client_ip(request: Request) -> str:
+    """The caller's address (uvicorn puts a trusted proxy's X-Forwarded-For here with --proxy-headers)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def current_admin(request: Request) -> UserRecord:
+    user = await current_user(request)
+    if not user.is_admin:
+        raise Forbidden("Administrator rights required")
+    return user

@@ -1,0 +1,20 @@
+"""HTTP routes, one module per resource, and the app's routing table built from them."""
+
+from starlette.routing import BaseRoute
+
+from service.api import routing  # first: it registers the `id` path convertor the routes below use
+from service.api.routes import auth, dashboard, docs, items, jobs, operations, reports, tasks, users
+
+
+def all_routes() -> list[BaseRoute]:
+    """Every route, one per path; the API's own routes also make up the OpenAPI document."""
+    api: list[BaseRoute] = [
+        *auth.routes,
+        *users.routes,
+        *items.routes,
+        *tasks.routes,
+        *jobs.routes,
+        *reports.routes,
+        *operations.routes,
+    ]
+    return routing.by_path([*api, *docs.routes(api), *dashboard.routes])

@@ -1,0 +1,96 @@
+"""Background jobs: the demo jobs, the status of any job of yours, its live events, abort."""
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from service.api.auth import current_user
+from service.api.background import accepted, own_job, within_quota
+from service.api.errors import Conflict
+from service.api.http import parse_body, parse_query
+from service.api.openapi import operation
+from service.api.responses import respond
+from service.api.state import app_state
+from service.core import dispatch
+from service.core.events import status_events
+from service.core.queries import job_records
+from service.core.schemas import (
+    JobAccepted,
+    JobQuery,
+    JobStatus,
+    LongCalcRequest,
+    ReportRequest,
+    SendEmailRequest,
+)
+
+
+async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
+    user = await current_user(request)
+    state = app_state(request)
+    await within_quota(state, user)
+    record = await state.dispatcher.submit(name=name, owner_id=user.id, args=args)
+    return accepted(record, f"/jobs/{record.job_id}")
+
+
+@operation(summary="Email someone (demo job)", tag="jobs", body=SendEmailRequest, response=JobAccepted, status=202,
+           errors=(429,))  # fmt: skip
+async def send_email(request: Request) -> Response:
+    data = await parse_body(request, SendEmailRequest)
+    return await _submit(request, "send_welcome_email", data.model_dump(mode="json"))
+
+
+@operation(summary="A CSV report of your tasks", tag="jobs", body=ReportRequest, response=JobAccepted, status=202,
+           errors=(429,))  # fmt: skip
+async def generate_report(request: Request) -> Response:
+    await parse_body(request, ReportRequest)
+    user = await current_user(request)
+    return await _submit(request, "generate_report", {"owner_id": user.id})
+
+
+@operation(summary="a + b, slowly, with progress", tag="jobs", body=LongCalcRequest, response=JobAccepted, status=202,
+           errors=(429,))  # fmt: skip
+async def long_calc(request: Request) -> Response:
+    data = await parse_body(request, LongCalcRequest)
+    return await _submit(request, "long_running_calculation", data.model_dump(mode="json"))
+
+
+@operation(summary="Your jobs, newest first", tag="jobs", query=JobQuery, response=JobStatus, many=True)
+async def list_jobs(request: Request) -> Response:
+    user = await current_user(request)
+    found = await job_records.page(app_state(request).db, owner_id=user.id, query=parse_query(request, JobQuery))
+    return respond([record.status() for record in found])
+
+
+@operation(summary="The status of one of your jobs", tag="jobs", response=JobStatus, errors=(404,))
+async def job_status(request: Request) -> Response:
+    return respond((await own_job(request, await current_user(request))).status())
+
+
+@operation(summary="Abort one of your queued or running jobs", tag="jobs", response=JobStatus, errors=(404, 409))
+async def abort_job(request: Request) -> Response:
+    record = await own_job(request, await current_user(request))
+    state = app_state(request)
+    revoked = await dispatch.revoke(state.db, state.redis, record)
+    if revoked is None:
+        raise Conflict(f"Job already finished ({record.state})")
+    return respond(revoked.status())
+
+
+@operation(summary="Your job's state and progress as Server-Sent Events", tag="jobs", errors=(404,), events=JobStatus)
+async def job_events(request: Request) -> Response:
+    record = await own_job(request, await current_user(request))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    state = app_state(request)
+    stream = status_events(state.db, state.redis, record.job_id)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+routes = [
+    Route("/jobs/send-email", send_email, methods=["POST"]),
+    Route("/jobs/generate-report", generate_report, methods=["POST"]),
+    Route("/jobs/long-calc", long_calc, methods=["POST"]),
+    Route("/jobs", list_jobs, methods=["GET"]),
+    Route("/jobs/{job_id:str}", job_status, methods=["GET"]),
+    Route("/jobs/{job_id:str}", abort_job, methods=["DELETE"]),
+    Route("/jobs/{job_id:str}/events", job_events, methods=["GET"]),
+]

@@ -1,0 +1,81 @@
+import asyncio
+from collections.abc import Awaitable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.api.metrics import Snapshot, job_families, process_registry
+from service.api.openapi import operation
+from service.api.responses import JSONResponse
+from service.api.state import AppState, app_state
+from service.core import keys
+from service.core.queries import job_records
+from service.core.queuestats import live_workers, queue_stats
+
+CHECK_TIMEOUT = 1.0
+
+
+@operation(summary="The process is alive", tag="operations", auth=False)
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _check(probe: Awaitable[object]) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await probe
+    except Exception as exc:  # any failure means "not ready"; the type tells the operator why
+        return f"down ({type(exc).__name__})"
+    return "ok"
+
+
+@operation(
+    summary="PostgreSQL and Redis answer (503 naming the one that does not)",
+    tag="operations",
+    auth=False,
+    errors=(503,),
+)
+async def readyz(request: Request) -> Response:
+    state = app_state(request)
+    database, redis = await asyncio.gather(_check(state.db.fetch_val("SELECT 1")), _check(state.redis.ping()))
+    checks = {"database": database, "redis": redis}
+    down = [name for name, result in checks.items() if result != "ok"]
+    if down:
+        return JSONResponse({"detail": f"unavailable: {', '.join(down)}", "checks": checks}, status_code=503)
+    return JSONResponse({"status": "ok", "checks": checks})
+
+
+async def _job_gauges(state: AppState) -> dict[str, tuple[str, float]]:
+    queue = await queue_stats(state.redis)
+    workers = len(await live_workers(state.redis))
+    return {
+        "jobs_queued": ("Jobs ready to run that no worker has taken yet", queue.waiting),
+        "jobs_deferred": ("Jobs waiting for their time: retries in backoff, cron runs not yet due", queue.deferred),
+        "jobs_oldest_queued_age_seconds": ("Age of the oldest job ready to run", queue.oldest_waiting_age or 0.0),
+        "jobs_in_progress": ("Jobs running now", await job_records.count_running(state.db)),
+        "workers_alive": ("Workers with a heartbeat in the last 10 s", workers),
+    }
+
+
+@operation(summary="Prometheus metrics", tag="operations", auth=False, media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    state = app_state(request)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.METRICS_JOB_EVENTS)
+        pipe.hgetall(keys.METRICS_JOB_DURATION)
+        events, durations = await pipe.execute()
+    jobs_registry = CollectorRegistry(auto_describe=False)
+    jobs_registry.register(Snapshot(job_families(events, durations, await _job_gauges(state))))
+    body = generate_latest(process_registry(state.settings, state.http_metrics.registry)) + generate_latest(
+        jobs_registry
+    )
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

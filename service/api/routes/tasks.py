@@ -1,0 +1,81 @@
+import hashlib
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.api.auth import current_user
+from service.api.background import accepted, own_job, within_quota
+from service.api.errors import APIError, NotFound
+from service.api.http import parse_body
+from service.api.openapi import operation
+from service.api.owned import OwnedEndpoints
+from service.api.responses import respond
+from service.api.state import app_state
+from service.core.queries.tasks import task_filters, tasks
+from service.core.schemas import JobAccepted, JobStatus, TaskCreate, TaskQuery, TaskUpdate
+
+endpoints = OwnedEndpoints(
+    noun="task", tag="tasks", store=tasks, update_model=TaskUpdate, query_model=TaskQuery, filters=task_filters
+)
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values should be
+
+
+class BadIdempotencyKey(APIError):
+    status_code = 422
+    detail = "Idempotency-Key must be 1 to 255 visible ASCII characters"
+
+
+def task_job_id(owner_id: int, idempotency_key: str | None) -> str | None:
+    """The same key from the same user names the same job: the retried POST finds it instead of a new one."""
+    if idempotency_key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(idempotency_key):
+        raise BadIdempotencyKey()
+    return f"task-{owner_id}-{hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]}"
+
+
+def _status_url(job_id: str) -> str:
+    return f"/tasks/background/{job_id}/status"
+
+
+@operation(summary="Create a task (in the background)", tag="tasks", body=TaskCreate, response=JobAccepted, status=202,
+           errors=(422, 429))  # fmt: skip
+async def create_task(request: Request) -> Response:
+    user = await current_user(request)
+    data = await parse_body(request, TaskCreate)
+    job_id = task_job_id(user.id, request.headers.get("idempotency-key"))
+    args = {"owner_id": user.id, **data.model_dump(mode="json")}
+    state = app_state(request)
+    await within_quota(state, user)
+    record = await state.dispatcher.submit(name="process_new_task", owner_id=user.id, args=args, job_id=job_id)
+    return accepted(record, _status_url(record.job_id))
+
+
+@operation(summary="Email yourself a reminder of a task", tag="tasks", response=JobAccepted, status=202,
+           errors=(404, 429))  # fmt: skip
+async def remind(request: Request) -> Response:
+    user = await current_user(request)
+    state = app_state(request)
+    await within_quota(state, user)
+    task = await tasks.get(state.db, owner_id=user.id, row_id=request.path_params["id"])
+    if task is None:
+        raise NotFound("Task not found")
+    args = {"task_id": task.id}
+    record = await state.dispatcher.submit(name="send_task_reminder_email", owner_id=user.id, args=args)
+    return accepted(record, _status_url(record.job_id))
+
+
+@operation(summary="The status of a background job of yours", tag="tasks", response=JobStatus, errors=(404,))
+async def background_status(request: Request) -> Response:
+    return respond((await own_job(request, await current_user(request))).status())
+
+
+routes = [
+    Route("/tasks", create_task, methods=["POST"]),
+    *endpoints.routes("/tasks"),
+    Route("/tasks/{id:id}/remind", remind, methods=["POST"]),
+    Route("/tasks/background/{job_id:str}/status", background_status, methods=["GET"]),
+]

@@ -1,0 +1,3 @@
+"""What the API and the worker share: settings, connections, tables, queries, schemas, job records, keys.
+
+Nothing here imports Starlette, `service.api` or `service.dev`."""

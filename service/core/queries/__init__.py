@@ -1,0 +1,1 @@
+"""Small async query functions over service.core.tables, returning pydantic models."""

@@ -1,0 +1,34 @@
+"""Email claims: each email is claimed before it is sent and marked after, so a re-run sends it once."""
+
+import sqlalchemy as sa
+from databases import Database
+from sqlalchemy.dialects.postgresql import insert
+
+from service.core.tables import emails
+
+CLAIM_LEASE = "2 minutes"  # a claim older than this, never marked sent, was lost with its worker
+
+
+async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id: str) -> bool:
+    """True if this job may send the email named key: nobody sent it, and no live claim holds it."""
+    query = (
+        insert(emails)
+        .values(key=key, recipient=recipient, subject=subject, job_id=job_id)
+        .on_conflict_do_update(
+            index_elements=[emails.c.key],
+            set_={"job_id": job_id, "claimed_at": sa.func.now()},
+            where=sa.and_(
+                emails.c.sent_at.is_(None),
+                sa.or_(
+                    emails.c.job_id == job_id,
+                    emails.c.claimed_at < sa.func.now() - sa.text(f"interval '{CLAIM_LEASE}'"),
+                ),
+            ),
+        )
+        .returning(emails.c.key)
+    )
+    return await db.fetch_val(query) is not None
+
+
+async def mark_sent(db: Database, *, key: str) -> None:
+    await db.execute(emails.update().where(emails.c.key == key).values(sent_at=sa.func.now()))

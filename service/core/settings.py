@@ -1,0 +1,80 @@
+"""Configuration: the one place that reads the environment."""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # service/core/settings.py -> the checkout
+
+MIN_SECRET_BYTES = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class EmbeddedMode(StrEnum):
+    AUTO = "auto"  # local defaults when they answer, else embedded servers
+    ALWAYS = "always"  # embedded servers even when local ones answer
+    NEVER = "never"  # fail instead of starting embedded servers
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/taskmanager"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    embedded_servers: EmbeddedMode = EmbeddedMode.AUTO
+    data_dir: Path = PROJECT_DIR / ".data"
+
+    jwt_secret: SecretStr | None = None  # see service.api.security.signing_key
+    jwt_expire_minutes: int = Field(default=30, gt=0, le=60 * 24 * 30)
+    jwt_issuer: str = "taskmanager"
+    jwt_audience: str = "taskmanager-api"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "no-reply@taskmanager.local"
+    smtp_timeout: float = 10.0
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 64 * 1024
+    db_pool_min: int = 0
+    db_pool_max: int = 10
+    password_hash_concurrency: int = 2
+    access_log: bool = True
+    # Brute force: failed logins per account per 15 minutes, and login attempts per client IP per minute.
+    login_failures_per_account: int = Field(default=10, ge=1)
+    login_attempts_per_ip: int = Field(default=30, ge=1)
+    # Jobs one user may submit per minute (429 beyond); 0 turns the quota off.
+    enqueue_quota_per_minute: int = Field(default=600, ge=0)
+    # Set (with the same value for every API process on a host) to serve all their HTTP metrics.
+    prometheus_multiproc_dir: Path | None = None
+
+    # The worker: see jobs/worker.py and the README's "Worker" section.
+    worker_max_jobs: int = Field(default=50, ge=1, le=1000)
+    worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
+    job_max_tries: int = Field(default=8, ge=1, le=50)
+    retry_base_seconds: float = Field(default=2.0, gt=0, le=600)
+    reminder_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    reminder_every_seconds: int = Field(default=60, ge=1, le=60)  # how often the due-reminder cron runs
+    worker_shutdown_grace: int = Field(default=20, ge=0, le=3600)
+    reconcile_seconds: float = Field(default=5.0, ge=0, le=3600)  # 0: no reconciler in this worker
+    db_connect_timeout: float = Field(default=2.0, gt=0, le=60)
+    db_command_timeout: float = Field(default=10.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> Self:
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        if not secret and self.env is Environment.PRODUCTION:
+            raise ValueError("JWT_SECRET is required when ENV=production")
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long")
+        return self

@@ -1,1 +1,0 @@
-"""Small async query functions over service.tables, returning pydantic models."""
