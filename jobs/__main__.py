@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             worker.run()
         except (RedisError, OSError) as exc:
-            log.warning("Redis failed under arq (%r); starting the worker again in %.0f s", exc, RESTART_DELAY)
             worker.loop.run_until_complete(_clean_up(worker))
+            if worker.stopped_by is not None:  # asked to stop: Redis failing meanwhile changes nothing
+                return 0
+            log.warning("Redis failed under arq (%r); starting the worker again in %.0f s", exc, RESTART_DELAY)
+            worker.loop.run_until_complete(asyncio.sleep(RESTART_DELAY))
             continue
         return 0
 
@@ -47,7 +50,6 @@ async def _clean_up(worker: Worker) -> None:
     await shutdown(worker.ctx)  # idempotent: a no-op if arq got to run it
     with contextlib.suppress(RedisError, OSError):
         await worker.pool.aclose(close_connection_pool=True)
-    await asyncio.sleep(RESTART_DELAY)
 
 
 if __name__ == "__main__":

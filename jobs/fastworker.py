@@ -13,12 +13,14 @@
   its own; here the jobs finishing while one such write is under way go in the next one (group
   commit, service.core.batching), each job's commands the same as arq's.
 - Its close() runs the shutdown hook even when it has cancelled a running job (arq's skips it).
+- It remembers the signal that stopped it, so that `python -m jobs` does not start it again.
 """
 
 import asyncio
 import contextlib
 import logging
 import signal
+from signal import Signals
 from typing import Any, NamedTuple
 
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
@@ -73,6 +75,15 @@ class FastWorker(Worker):
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None
         self._finishes = Batcher(self._finish_many)
+        self.stopped_by: Signals | None = None  # SIGTERM or SIGINT once asked to stop
+
+    def handle_sig(self, signum: Signals) -> None:
+        self.stopped_by = Signals(signum)
+        super().handle_sig(signum)
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        self.stopped_by = Signals(signum)
+        super().handle_sig_wait_for_completion(signum)
 
     async def _poll_iteration(self) -> None:
         if self._listener is None:

@@ -3,13 +3,19 @@
 import asyncio
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from arq.constants import health_check_key_suffix
+from redis.asyncio import Redis
 
-from tests.conftest import PASSWORD, Deployment, MailBox
-from tests.processes import python, stopped_at_exit
+from service.core import keys
+from service.core.settings import Settings
+from service.dev.embedded import EmbeddedValkey
+from tests.conftest import PASSWORD, TEST_SECRET, Deployment, MailBox
+from tests.processes import clean_env, python, start, stopped_at_exit
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +137,27 @@ async def test_a_job_outliving_the_grace_period_is_finished_by_another_worker(de
         with stopped_at_exit(deployment.start_worker("second-slow-worker", slow=True)):
             done = await _until(client, url, headers, "SUCCESS")
     assert (done["result"], done["tries"]) == (42, 2)
+
+
+async def test_a_worker_stopped_as_redis_dies_exits_instead_of_starting_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`make run` stops everything at once: SIGTERM reaches `python -m jobs` as Redis goes away. The worker's
+    own restart-after-a-Redis-failure must not take that failure for an outage to ride out."""
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    valkey.start()
+    env = clean_env(DATABASE_URL=settings.database_url, REDIS_URL=valkey.url, JWT_SECRET=TEST_SECRET)
+    with stopped_at_exit(start(python("-m", "jobs"), env, tmp_path / "worker.log")) as worker:
+        try:
+            async with Redis.from_url(valkey.url) as redis:
+                for _ in range(200):
+                    if await redis.exists(keys.QUEUE + health_check_key_suffix):
+                        break
+                    await asyncio.sleep(0.05)
+            valkey.kill()
+            worker.signal_group(signal.SIGTERM)
+            await asyncio.to_thread(worker.wait_group_gone, 15)
+        finally:
+            valkey.stop()
+    assert worker.process.returncode == 0, worker.output()
+    assert "starting the worker again" not in worker.output()
