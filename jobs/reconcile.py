@@ -5,13 +5,18 @@ line with it. Every worker runs the loop; a lock in Redis lets one of them act p
   enqueued again under its own id.
 - A running job whose worker stopped beating (killed, host lost) is freed for another worker at
   once, instead of after arq's in-progress timeout.
-- A job that arq gave up on without our lifecycle seeing it (max tries exceeded after crashes, an
-  expired job) is recorded as FAILURE with arq's reason, so no row stays STARTED forever.
+- A job that arq finished without our lifecycle deciding it (its payload gone before a worker read it,
+  a worker without its function, a failure whose record PostgreSQL lost, a try arq counted that
+  never ran) is enqueued again from its row, never failed on arq's word: a stale arq result or try
+  count must not block that, so both are cleared. Only two verdicts of arq's are kept: tries that
+  our lifecycle really used up (FAILURE, with arq's reason) and an abort through arq (REVOKED).
 """
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from arq.connections import ArqRedis
 from databases import Database
@@ -26,19 +31,24 @@ log = logging.getLogger(__name__)
 GRACE_SECONDS = 10  # younger rows may be between their insert and their enqueue, or just starting
 
 
+MaxTries = Mapping[str, int]  # job name -> tries allowed
+
+
 @dataclass
 class Reconciled:
     requeued: int = 0
     freed: int = 0
     failed: int = 0
+    revoked: int = 0
     pruned: int = 0
 
     def __bool__(self) -> bool:
-        return any((self.requeued, self.freed, self.failed, self.pruned))
+        return any((self.requeued, self.freed, self.failed, self.revoked, self.pruned))
 
 
-async def _arq_failure(redis: ArqRedis, job_id: str) -> dict[str, str] | None:
-    """arq's own verdict on a job it finished, when that is a failure; None if it holds no result."""
+async def _arq_error(redis: ArqRedis, job_id: str) -> dict[str, Any] | None:
+    """The error arq recorded for a job it finished ({"type", "message"}); None if it holds no result or a
+    success (which, with the row still active, did not come from our lifecycle either)."""
     raw = await redis.get(keys.ARQ_RESULT + job_id)
     if raw is None:
         return None
@@ -46,13 +56,34 @@ async def _arq_failure(redis: ArqRedis, job_id: str) -> dict[str, str] | None:
         outcome = jobcodec.deserialize(raw)
     except ValueError:
         return {"type": "JobExecutionFailed", "message": "arq stored a result that cannot be read"}
-    error = outcome.get("r") if isinstance(outcome, dict) else None
+    error = outcome.get("r") if isinstance(outcome, dict) and outcome.get("s") is False else None
     if isinstance(error, dict) and "error" in error:
         return {"type": str(error["error"]), "message": f"arq: {error.get('message', '')}"}
-    return {"type": "JobExecutionFailed", "message": f"arq: {error}"}
+    return None
 
 
-async def _reconcile_one(db: Database, redis: ArqRedis, record: JobRecord, live: set[str], done: Reconciled) -> None:
+async def _settle(db: Database, redis: ArqRedis, record: JobRecord, max_tries: MaxTries, done: Reconciled) -> None:
+    """A job arq holds neither queued nor running: run it again from its row, unless arq's record says it
+    was aborted or its tries are used up."""
+    error = await _arq_error(redis, record.job_id)
+    allowed = max_tries.get(record.name, 1)
+    if error is not None and error["type"] == "CancelledError":  # arq's Job.abort() before it started
+        await job_records.finish(db, job_id=record.job_id, state=JobState.REVOKED, error=error)
+        done.revoked += 1
+    elif error is not None and record.tries >= allowed:
+        error.update(message=f"gave up after {record.tries} tries: {error['message']}", exhausted=True)
+        await job_records.finish(db, job_id=record.job_id, state=JobState.FAILURE, error=error)
+        done.failed += 1
+    else:
+        # arq's stale result would make the enqueue a no-op, and its try count is ours to set.
+        await redis.delete(keys.ARQ_RESULT + record.job_id, keys.ARQ_RETRY + record.job_id)
+        await dispatch.enqueue(redis, record, job_try=record.tries + 1 if record.tries else None)
+        done.requeued += 1
+
+
+async def _reconcile_one(
+    db: Database, redis: ArqRedis, record: JobRecord, live: set[str], max_tries: MaxTries, done: Reconciled
+) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for prefix in (keys.ARQ_JOB, keys.ARQ_IN_PROGRESS):
             pipe.exists(prefix + record.job_id)
@@ -65,31 +96,25 @@ async def _reconcile_one(db: Database, redis: ArqRedis, record: JobRecord, live:
         return
     if queued:
         return  # waiting in arq's queue (perhaps deferred): arq has it
-    failure = await _arq_failure(redis, record.job_id)
-    if failure is not None:
-        await job_records.finish(db, job_id=record.job_id, state=JobState.FAILURE, error=failure)
-        done.failed += 1
-    else:
-        await dispatch.enqueue(redis, record, job_try=record.tries + 1 if record.tries else None)
-        done.requeued += 1
+    await _settle(db, redis, record, max_tries, done)
 
 
-async def reconcile(db: Database, redis: ArqRedis) -> Reconciled:
+async def reconcile(db: Database, redis: ArqRedis, *, max_tries: MaxTries) -> Reconciled:
     done = Reconciled()
     live = set(await live_workers(redis))
     for record in await job_records.unsettled(db, older_than_seconds=GRACE_SECONDS):
-        await _reconcile_one(db, redis, record, live, done)
+        await _reconcile_one(db, redis, record, live, max_tries, done)
     done.pruned = await job_records.prune_unowned(db, older_than_days=7)
     return done
 
 
-async def run_reconciler(db: Database, redis: ArqRedis, worker_id: str, period: float) -> None:
+async def run_reconciler(db: Database, redis: ArqRedis, worker_id: str, period: float, max_tries: MaxTries) -> None:
     """Reconcile every `period` seconds while this worker runs, unless another worker just did."""
     while True:
         await asyncio.sleep(period)
         try:
             if await redis.set(keys.RECONCILER_LOCK, worker_id, nx=True, px=int(period * 900)):
-                if done := await reconcile(db, redis):
+                if done := await reconcile(db, redis, max_tries=max_tries):
                     log.info("reconciled: %s", done)
         except Exception as exc:  # PostgreSQL or Redis away: next period, then
             log.warning("reconciler skipped a round: %r", exc)

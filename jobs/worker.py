@@ -42,6 +42,11 @@ def functions_for(queue: str) -> list[Function]:
     return [function for function in FUNCTIONS if keys.queue_for(function.name) == queue]
 
 
+def max_tries_by_name(settings: Settings) -> dict[str, int]:
+    """The tries each job function is allowed, by name (the reconciler judges arq's verdicts by it)."""
+    return {function.name: function.max_tries or settings.job_max_tries for function in FUNCTIONS}
+
+
 def scheduled_jobs(settings: Settings) -> list[CronJob]:
     """Fresh each time: arq keeps each entry's next run on the entry itself.
 
@@ -97,7 +102,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["heartbeat"] = asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"], stopping))
     ctx["background"] = []
     if settings.reconcile_seconds:
-        reconciler = run_reconciler(db, ctx["redis"], stats.worker_id, settings.reconcile_seconds)
+        max_tries = max_tries_by_name(settings)
+        reconciler = run_reconciler(db, ctx["redis"], stats.worker_id, settings.reconcile_seconds, max_tries)
         ctx["background"].append(asyncio.create_task(reconciler))
     gc.freeze()  # as the API does: what startup built stays out of every full garbage collection
 

@@ -4,7 +4,14 @@ arq's own keys (arq:job:*, arq:result:*, arq:in-progress:*, arq:abort) keep arq'
 arq CLI and any arq worker understand our jobs.
 """
 
-from arq.constants import abort_jobs_ss, default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 
 PREFIX = "tm:"
 
@@ -33,6 +40,7 @@ WORKER_EXPIRES_SECONDS = 10  # a worker silent this long is gone
 ARQ_JOB = job_key_prefix
 ARQ_RESULT = result_key_prefix
 ARQ_IN_PROGRESS = in_progress_key_prefix
+ARQ_RETRY = retry_key_prefix  # + job id: arq's count of the job's tries
 ARQ_ABORT = abort_jobs_ss
 
 
