@@ -1,17 +1,24 @@
-"""arq's Worker, quicker to pick up and finish work; arq itself is untouched (a subclass, four overrides).
+"""arq's Worker, quicker to pick up and finish work; arq itself is untouched (a subclass, a few overrides).
 
-- It sleeps while idle and wakes when a job is enqueued, instead of polling Redis. arq polls its
+- It sleeps while idle and wakes when something is due, instead of polling Redis. arq polls its
   queue every `poll_delay` seconds, so pickup latency costs idle Redis traffic. After a poll that
-  started nothing, this one waits for a message on the queue's wake-up channel (published with
-  every enqueue, see service.core.dispatch), for one of its own jobs to finish (a slot frees up), or at
-  most `idle_poll` seconds (retries coming due, cron), whichever comes first.
+  started nothing, this one waits until the first of:
+  - a message on the queue's wake-up channel (published with each of our enqueues and aborts, see
+    service.core.dispatch);
+  - Redis's own notice that the queue or arq's abort set changed (keyspace notifications, which it
+    turns on where the server allows it): jobs enqueued or aborted by plain arq;
+  - one of its own jobs finishing (a slot frees up);
+  - the time something falls due: the earliest deferred job or retry in the queue, the next cron
+    run, arq's next health record.
+  Where Redis refuses keyspace notifications, it also polls every `poll_delay` seconds, as arq does.
 - It claims ready jobs in one round trip. arq claims them one at a time, each with WATCH, EXISTS,
   ZSCORE and MULTI/EXEC (three round trips, in its poll loop, one job after the other), which caps
   a worker at about a thousand jobs a second whatever the jobs do. A Lua script does the same
   checks and sets the same in-progress keys, atomically, for a batch.
 - It finishes jobs together: arq writes each job's result and clears its keys in a MULTI/EXEC of
   its own; here the jobs finishing while one such write is under way go in the next one (group
-  commit, service.core.batching), each job's commands the same as arq's.
+  commit, service.core.batching), each job's commands the same as arq's. A job whose commands
+  fail fails alone.
 - Its close() runs the shutdown hook even when it has cancelled a running job (arq's skips it).
 - It remembers the signal that stopped it, so that `python -m jobs` does not start it again.
 """
@@ -20,14 +27,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from datetime import datetime
 from signal import Signals
 from typing import Any, NamedTuple
 
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service.core import keys
 from service.core.batching import Batcher
@@ -65,11 +75,18 @@ class Finished(NamedTuple):
     keep_in_progress: float | None
 
 
+# Keyspace events that bring work or an abort: a job added (or moved to now by an abort), a retry
+# rescheduled. Removals (jobs finishing) bring nothing to do.
+WAKING_EVENTS = frozenset({b"zadd", b"zincr"})
+CRON_LEAD = 1.0  # arq enqueues a cron run up to this long before it is due (2 x its 0.5 s window)
+
+
 class FastWorker(Worker):
-    def __init__(self, *args: Any, idle_poll: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.poll_every = self.poll_delay_s  # used only where Redis gives no keyspace notifications
         self.poll_delay_s = 0  # our wait takes the place of arq's sleep between polls
-        self.idle_poll = idle_poll
+        self.notified = False  # whether Redis tells us of changes to the queue and the abort set
         self._nudge = asyncio.Event()
         self._idle = False
         self._listener: asyncio.Task[None] | None = None
@@ -90,12 +107,27 @@ class FastWorker(Worker):
             self._listener = asyncio.create_task(self._listen())
         if self._idle:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.idle_poll):
+                async with asyncio.timeout(await self._until_due()):
                     await self._nudge.wait()
         self._nudge.clear()  # before polling: a wake-up during the poll is kept for the next wait
         started = self._jobs_started()
         await super()._poll_iteration()
         self._idle = self._jobs_started() == started
+
+    async def _until_due(self) -> float:
+        """Seconds until something falls due that no message announces: the earliest deferred job or
+        retry, the next cron run, arq's next health record (and the next poll, without notifications)."""
+        now_ms = timestamp_ms()
+        waits = [self._last_health_check + self.health_check_interval - time.time()]
+        if not self.notified:
+            waits.append(self.poll_every)
+        # Only future scores: a due job still in the queue is one another worker is running.
+        upcoming = await self.pool.zrangebyscore(self.queue_name, f"({now_ms}", "+inf", start=0, num=1, withscores=True)
+        if upcoming:
+            waits.append((upcoming[0][1] - now_ms) / 1000)
+        now = datetime.now(tz=self.timezone)
+        waits += [(job.next_run - now).total_seconds() - CRON_LEAD for job in self.cron_jobs if job.next_run]
+        return max(0.0, min(waits))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
@@ -127,49 +159,91 @@ class FastWorker(Worker):
             Finished(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
         )
 
-    async def _finish_many(self, batch: list[Finished]) -> list[None]:
-        """arq's finish_job, for a batch of jobs in one MULTI/EXEC."""
-        async with self.pool.pipeline(transaction=True) as tr:
-            for job in batch:
-                job_id = job.job_id
-                delete_keys = []
-                if job.keep_in_progress is None:
-                    delete_keys.append(in_progress_key_prefix + job_id)
-                else:
-                    tr.pexpire(in_progress_key_prefix + job_id, to_ms(job.keep_in_progress))
-                if job.finish:
-                    if job.result_data:
-                        expire = None if job.keep_result_forever else job.result_timeout_s
-                        tr.set(result_key_prefix + job_id, job.result_data, px=to_ms(expire))
-                    delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
-                    tr.zrem(abort_jobs_ss, job_id)
-                    tr.zrem(self.queue_name, job_id)
-                elif job.incr_score:
-                    tr.zincrby(self.queue_name, job.incr_score, job_id)
-                if delete_keys:
-                    tr.delete(*delete_keys)
-            await tr.execute()
-        return [None] * len(batch)
+    async def _finish_many(self, batch: list[Finished]) -> list[BaseException | None]:
+        """arq's finish_job, for a batch of jobs in one MULTI/EXEC; each job gets the first error among
+        its own commands (Redis runs the others regardless), or None."""
+        try:
+            async with self.pool.pipeline(transaction=True) as tr:
+                commands = [self._finish_commands(tr, job) for job in batch]
+                replies = await tr.execute(raise_on_error=False)
+        except ResponseError:  # the whole transaction refused (EXECABORT): each job on its own
+            if len(batch) == 1:
+                raise
+            return [outcome for job in batch for outcome in await self._finish_many([job])]
+        outcomes: list[BaseException | None] = []
+        for count in commands:
+            mine, replies = replies[:count], replies[count:]
+            outcomes.append(next((reply for reply in mine if isinstance(reply, ResponseError)), None))
+        return outcomes
+
+    def _finish_commands(self, tr: Pipeline, job: Finished) -> int:
+        """Queue arq's finish_job commands for one job (the same as arq sends); how many there are."""
+        queued = len(tr.command_stack)
+        job_id = job.job_id
+        delete_keys = []
+        if job.keep_in_progress is None:
+            delete_keys.append(in_progress_key_prefix + job_id)
+        else:
+            tr.pexpire(in_progress_key_prefix + job_id, to_ms(job.keep_in_progress))
+        if job.finish:
+            if job.result_data:
+                expire = None if job.keep_result_forever else job.result_timeout_s
+                tr.set(result_key_prefix + job_id, job.result_data, px=to_ms(expire))
+            delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+            tr.zrem(abort_jobs_ss, job_id)
+            tr.zrem(self.queue_name, job_id)
+        elif job.incr_score:
+            tr.zincrby(self.queue_name, job.incr_score, job_id)
+        if delete_keys:
+            tr.delete(*delete_keys)
+        return len(tr.command_stack) - queued
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._nudge.set()  # a slot is free: take waiting jobs now, not at the next idle poll
 
     async def _listen(self) -> None:
-        """Set the nudge on every wake-up message; across Redis restarts, subscribe again."""
+        """Set the nudge on every wake-up; across Redis restarts (or a new primary), subscribe again."""
+        wake = keys.wake(self.queue_name).encode()
         while True:
             pubsub = self.pool.pubsub()
             try:
-                await pubsub.subscribe(keys.wake(self.queue_name))
+                channels = [wake]
+                if await self._keyspace_notifications():
+                    channels += [self._keyspace(self.queue_name), self._keyspace(abort_jobs_ss)]
+                await pubsub.subscribe(*channels)
+                self.notified = len(channels) > 1
+                self._nudge.set()  # whatever changed while we were not listening
                 async for message in pubsub.listen():
-                    if message["type"] == "message":
+                    if message["type"] != "message":
+                        continue
+                    if message["channel"] == wake or message["data"] in WAKING_EVENTS:
                         self._nudge.set()
             except (RedisError, OSError) as exc:
-                log.debug("wake-up channel lost (%r); polling until it is back", exc)
-                await asyncio.sleep(self.idle_poll)
+                log.debug("wake-up channels lost (%r); polling until they are back", exc)
+                self.notified = False
+                self._nudge.set()
+                await asyncio.sleep(self.poll_every)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _keyspace(self, key: str) -> bytes:
+        db = self.pool.connection_pool.connection_kwargs.get("db", 0)
+        return f"__keyspace@{db}__:{key}".encode()
+
+    async def _keyspace_notifications(self) -> bool:
+        """Turn on Redis's notices of sorted-set changes (keeping whatever else is on); False where the
+        server refuses (CONFIG disabled or not permitted, as on some managed Redis)."""
+        try:
+            current = await self.pool.config_get("notify-keyspace-events")
+            flags = set(_text(next(iter(current.values()), b"")))
+            if not ("K" in flags and ({"z", "A"} & flags)):
+                await self.pool.config_set("notify-keyspace-events", "".join(sorted(flags | {"K", "z"})))
+        except ResponseError as exc:
+            log.info("Redis keyspace notifications unavailable (%s): polling every %.3f s", exc, self.poll_every)
+            return False
+        return True
 
     async def close(self) -> None:
         """arq's close, except that a job it cancels does not skip the shutdown hook: arq gathers the
@@ -190,3 +264,7 @@ class FastWorker(Worker):
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
         self._pool = None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -57,8 +57,10 @@ async def _arq_error(redis: ArqRedis, job_id: str) -> dict[str, Any] | None:
     except ValueError:
         return {"type": "JobExecutionFailed", "message": "arq stored a result that cannot be read"}
     error = outcome.get("r") if isinstance(outcome, dict) and outcome.get("s") is False else None
-    if isinstance(error, dict) and "error" in error:
-        return {"type": str(error["error"]), "message": f"arq: {error.get('message', '')}"}
+    if isinstance(error, jobcodec.JobError):
+        return {"type": error.type_name, "message": f"arq: {error.message}"}
+    if isinstance(error, BaseException):
+        return {"type": type(error).__name__, "message": f"arq: {error}"}
     return None
 
 
@@ -91,7 +93,10 @@ async def _reconcile_one(
     running = record.state in (JobState.STARTED, JobState.PROGRESS)
     if in_progress:
         if running and record.worker_id and record.worker_id not in live:
-            await redis.delete(keys.ARQ_IN_PROGRESS + record.job_id)  # arq may start it again now
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.delete(keys.ARQ_IN_PROGRESS + record.job_id)  # arq may start it again now
+                pipe.publish(keys.wake(record.queue_name), "")
+                await pipe.execute()
             done.freed += 1
         return
     if queued:

@@ -142,7 +142,7 @@ def make_worker(
     settings: Settings, *, slow: bool = False, burst: bool = True, cron: bool = False, **overrides: Any
 ) -> Worker:
     """The worker `python -m jobs` runs (woken by enqueues), in this process."""
-    options = {"burst": burst, "handle_signals": False, "idle_poll": 0.05, **overrides}
+    options = {"burst": burst, "handle_signals": False, **overrides}
     if not cron:
         options["cron_jobs"] = []
     return FastWorker(**{**get_kwargs(worker_settings(settings, slow=slow)), **options})

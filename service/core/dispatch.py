@@ -171,6 +171,9 @@ async def revoke(db: Database, pool: ArqRedis, record: JobRecord) -> JobRecord |
     revoked = await job_records.finish(db, job_id=record.job_id, state=JobState.REVOKED)
     if revoked is None:
         return None
-    await pool.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
+    async with pool.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.ARQ_ABORT, {record.job_id: timestamp_ms()})
+        pipe.publish(keys.wake(record.queue_name), "")  # its workers act now, even without keyspace notices
+        await pipe.execute()
     await publish(pool, revoked, metric="aborted")
     return revoked
