@@ -5,6 +5,7 @@ asked for it.
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -15,6 +16,10 @@ from arq import Retry
 from arq.cron import CronJob, cron
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
+from asyncpg import PostgresConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.context import JobContext
 from jobs.retry import backoff, is_transient
@@ -29,6 +34,8 @@ log = logging.getLogger("jobs")
 
 JobFunction = Callable[..., Awaitable[Any]]
 ARQ_TIMEOUT_GRACE = 1  # arq's own timeout fires this much later than ours, so ours is the one seen
+PROBE_TIMEOUT = 1.0  # seconds for PostgreSQL or Redis to answer before it counts as down
+SERVER_ERRORS = (PostgresConnectionError, RedisConnectionError, RedisTimeoutError)
 
 
 def scheduled(function: Function, **schedule: Any) -> CronJob:
@@ -58,6 +65,7 @@ async def _run(
     token = request_id.set(None)
     started = time.perf_counter()
     stats.ongoing += 1
+    running_function = False  # outside the job's own code, every failure is PostgreSQL's or Redis's
     try:
         record = await ctx["history"].start(
             job_id=job_id,
@@ -73,8 +81,10 @@ async def _run(
         request_id.set(record.request_id)
         log.info("job started", extra={"job": name, "job_id": job_id, "try": ctx["job_try"]})
         await ctx["history"].announce(record, metric="started")
+        running_function = True
         async with asyncio.timeout(timeout):
             result = await function(ctx, **kwargs)
+        running_function = False
         finished = await ctx["history"].succeeded(job_id=job_id, result=result)
         await _ended(ctx, name, finished, "succeeded", started)
         stats.complete += 1
@@ -87,7 +97,7 @@ async def _run(
     except Exception as error:
         # Also reached when the bookkeeping itself fails (PostgreSQL down): the job then runs again,
         # which every job function is written to survive.
-        await _failed(ctx, name, error, max_tries, started)
+        await _failed(ctx, name, error, max_tries, started, in_function=running_function)
         raise
     finally:
         stats.ongoing -= 1
@@ -111,10 +121,15 @@ def _error(error: BaseException) -> dict[str, str]:
     return {"type": type(error).__name__, "message": message[:2000]}
 
 
-async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, started: float) -> None:
-    """RETRY (and raise arq's Retry) while tries remain for a transient error; FAILURE otherwise."""
+async def _failed(
+    ctx: JobContext, name: str, error: Exception, max_tries: int, started: float, *, in_function: bool
+) -> None:
+    """RETRY (and raise arq's Retry) while tries remain for a transient error; FAILURE otherwise. A
+    try that failed because our own PostgreSQL or Redis did not answer is given back: an outage of
+    the service's servers uses up no job's tries, however long it lasts."""
     tries = ctx["job_try"]
-    retry = is_transient(error) and tries < max_tries
+    outage = is_transient(error) and (not in_function or await _servers_down(ctx, error))
+    retry = outage or (is_transient(error) and tries < max_tries)
     details: dict[str, Any] = _error(error)
     if is_transient(error) and not retry:
         # A dead letter: it might have worked with more tries. The dashboard lists these apart.
@@ -126,14 +141,37 @@ async def _failed(ctx: JobContext, name: str, error: Exception, max_tries: int, 
         # `databases` keeps that broken connection for the rest of the task (its connections are per task).
         record = await asyncio.create_task(_record(ctx, state, details))
     except Exception as unrecorded:
-        if not (is_transient(unrecorded) and tries < max_tries):
+        if not is_transient(unrecorded):
             raise
-        retry = True  # the outcome could not be recorded: run the job again rather than lose track of it
+        # The outcome could not be recorded (PostgreSQL is away): run the job again rather than lose
+        # track of it, and do not count this try.
+        retry = outage = True
     await _ended(ctx, name, record, "retried" if retry else "failed", started)
     if retry:
         ctx["stats"].retried += 1
-        raise Retry(defer=backoff(tries, base=ctx["settings"].retry_base_seconds)) from error
+        if outage:
+            await _give_back_try(ctx)
+        raise Retry(defer=backoff(1 if outage else tries, base=ctx["settings"].retry_base_seconds)) from error
     ctx["stats"].failed += 1
+
+
+async def _servers_down(ctx: JobContext, error: Exception) -> bool:
+    """Whether PostgreSQL or Redis, rather than what the job itself called (SMTP), made it fail: the
+    error came from one of them, or one of them does not answer now."""
+    if isinstance(error, SERVER_ERRORS):
+        return True
+    # Each probe in a task of its own (gather makes them), so on a connection of its own.
+    checks = (ctx["db"].fetch_val("SELECT 1"), ctx["redis"].ping())
+    probes = [asyncio.wait_for(probe, PROBE_TIMEOUT) for probe in checks]
+    answers = await asyncio.gather(*probes, return_exceptions=True)
+    return any(isinstance(answer, BaseException) for answer in answers)
+
+
+async def _give_back_try(ctx: JobContext) -> None:
+    """Set arq's count of this job's tries back by one (arq counted this one when it picked the job up)."""
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await ctx["redis"].set(keys.ARQ_RETRY + ctx["job_id"], ctx["job_try"] - 1, xx=True, keepttl=True)
 
 
 async def _record(ctx: JobContext, state: JobState, error: dict[str, Any]) -> JobRecord | None:

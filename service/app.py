@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from service.api.errors import exception_handlers
 from service.api.metrics import HttpMetrics
-from service.api.middleware import BodySizeLimit, RequestId, Telemetry
+from service.api.middleware import BodySizeLimit, Deadline, RequestId, Telemetry
 from service.api.routes import all_routes
 from service.api.security import Passwords, Tokens
 from service.api.state import AppState
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[
             Middleware(RequestId),
             Middleware(Telemetry, metrics=http_metrics, route_names=route_names, access_log=settings.access_log),
+            Middleware(Deadline, seconds=settings.request_timeout),
             Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes),
         ],
         exception_handlers=exception_handlers,

@@ -99,3 +99,34 @@ def stopped_at_exit(proc: Proc) -> Iterator[Proc]:
         if proc.group_alive():
             proc.signal_group(signal.SIGKILL)
             proc.wait_group_gone(10)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every process below it (a PostgreSQL server: the postmaster and its backends)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """SIGSTOP a server and everything it started, as a stalled host or a full-GC pause would; SIGCONT after."""
+    stopped = process_tree(pid)
+    for member in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for member in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGCONT)

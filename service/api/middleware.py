@@ -1,5 +1,6 @@
 """ASGI middleware of our own."""
 
+import asyncio
 import logging
 import re
 import time
@@ -16,6 +17,7 @@ from service.api.responses import JSONResponse
 from service.core.requestid import request_id
 
 access_log = logging.getLogger("service.access")
+log = logging.getLogger(__name__)
 
 TOO_LARGE = "Content Too Large"
 REQUEST_ID_HEADER = "x-request-id"
@@ -76,6 +78,67 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class Deadline:
+    """Every request answered within `seconds`. A handler that has not begun its response by then (it
+    waits on PostgreSQL or Redis, frozen or cut off) is cancelled, and the client gets 503 with
+    Retry-After at once, while the handler's clean-up (a database connection waiting for its query's
+    cancellation) finishes in the background; if it was waiting for the client's own body, 408. A
+    response once begun (a stream of events) runs on. Work a cancelled handler had handed on (a job
+    row being written with others') completes: a client retrying with its Idempotency-Key gets that job.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        reading = False
+        late = False
+        begun = asyncio.Event()
+
+        async def receive_watched() -> Message:
+            nonlocal reading
+            reading = True
+            try:
+                return await receive()
+            finally:
+                reading = False
+
+        async def send_watched(message: Message) -> None:
+            if late:
+                return  # answered already, with 503: whatever the cancelled handler still sends is dropped
+            if message["type"] == "http.response.start":
+                begun.set()
+            await send(message)
+
+        handler = asyncio.ensure_future(self.app(scope, receive_watched, send_watched))
+        response_begun = asyncio.ensure_future(begun.wait())
+        await asyncio.wait({handler, response_begun}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
+        response_begun.cancel()
+        if handler.done() or begun.is_set():
+            return await handler
+        late = True
+        handler.cancel()
+        handler.add_done_callback(_retrieve)
+        await self._late(scope, receive, send, client_slow=reading)
+
+    async def _late(self, scope: Scope, receive: Receive, send: Send, *, client_slow: bool) -> None:
+        if client_slow:
+            status, detail, headers = 408, "Request body not received in time", {"Connection": "close"}
+        else:
+            status, detail, headers = 503, "Service temporarily unavailable", {"Retry-After": "1"}
+            log.warning("no answer within %.1f s to %s %s: 503", self.seconds, scope["method"], scope["path"])
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Collect what a handler cancelled at its deadline ended with, so that it is not reported as lost."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.debug("a handler cancelled at its deadline ended with %r", error)
 
 
 class Telemetry:

@@ -31,7 +31,10 @@ def open_database(settings: Settings, *, max_size: int | None = None) -> Databas
 
 def open_redis(settings: Settings) -> ArqRedis:
     # Not arq's create_pool, which pings at creation and so would not start while Redis is down.
+    # Bounded: a Redis that does not answer (frozen, or its host gone) fails a command within
+    # redis_timeout, well inside the API's request deadline, instead of holding the request.
+    timeout = settings.redis_timeout
     pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
     )
     return ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)

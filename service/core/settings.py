@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 64 * 1024
+    # Every request is answered within this: 503 (Retry-After) when a dependency does not answer in time.
+    request_timeout: float = Field(default=2.5, gt=0, le=300)
+    redis_timeout: float = Field(default=1.0, gt=0, le=60)  # the API's Redis connect and command timeouts
     db_pool_min: int = 0
     db_pool_max: int = 10
     password_hash_concurrency: int = 2

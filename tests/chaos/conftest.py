@@ -37,6 +37,7 @@ class Load:
     accepted: set[str] = field(default_factory=set)  # titles with a 202
     statuses: Counter[int] = field(default_factory=Counter)  # every response, retries included
     connection_errors: int = 0
+    slowest: float = 0.0  # seconds: the longest any request took to be answered (or to fail)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Cluster:
         async def one(title: str) -> None:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
+                sent = time.monotonic()
                 try:
                     response = await client.post(
                         "/tasks", headers={**headers, "Idempotency-Key": title}, json={"title": title}
@@ -139,6 +141,8 @@ class Cluster:
                     if response.status_code == 202:
                         load.accepted.add(title)
                         return
+                finally:
+                    load.slowest = max(load.slowest, time.monotonic() - sent)
                 await asyncio.sleep(0.2)
 
         async def worker() -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.chaos.conftest import Cluster, Load
+from tests.processes import frozen
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -233,3 +234,81 @@ async def test_login_brute_force(cluster: Cluster, figures: Figures) -> None:
     assert statuses.get(401, 0) <= 10
     assert statuses.get(429, 0) >= 190
     assert quantiles[98] < 0.5
+
+
+class Probe:
+    """/healthz and /readyz asked every 100 ms: the slowest answer of each, and what /readyz said."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.slowest = {"/healthz": 0.0, "/readyz": 0.0}
+        self.readyz: Counter[str] = Counter()
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+            while not self._stop.is_set():
+                for path in self.slowest:
+                    started = time.monotonic()
+                    response = await client.get(path)
+                    self.slowest[path] = max(self.slowest[path], time.monotonic() - started)
+                    if path == "/readyz":
+                        self.readyz[response.json().get("detail", "ok")] += 1
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def test_frozen_valkey_then_frozen_postgres(cluster: Cluster, figures: Figures) -> None:
+    """SIGSTOP Valkey for 15 s, then PostgreSQL for 10 s, while clients submit tasks throughout."""
+    cluster.start_worker()
+    cluster.start_worker(slow=True)
+    assert cluster.postgres.process is not None and cluster.valkey.process is not None
+    async with await cluster.client() as client:
+        headers = await cluster.sign_up(client, "frozen")
+        load = Load()
+        probe = Probe(cluster.base_url)
+        probing = asyncio.create_task(probe.run())
+        done = asyncio.Event()
+
+        async def submit_until_done() -> None:
+            sent = 0
+            while not done.is_set():
+                batch = [f"frozen-{sent + n}" for n in range(40)]
+                sent += len(batch)
+                await cluster.create_tasks(client, headers, batch, load, concurrency=8)
+                await asyncio.sleep(0.5)
+
+        creating = asyncio.create_task(submit_until_done())
+        await asyncio.sleep(3)
+        with frozen(cluster.valkey.process.pid):
+            await asyncio.sleep(15)
+        await asyncio.sleep(5)
+        with frozen(cluster.postgres.process.pid):
+            await asyncio.sleep(10)
+        await asyncio.sleep(5)
+        done.set()
+        await creating
+        probe.stop()
+        await probing
+    await cluster.settle()
+    outcome = await cluster.outcome(load, "frozen-")
+    tries = await cluster.sql("SELECT max(tries) AS most, count(*) FILTER (WHERE tries > 1) AS n FROM jobs")
+    figures["Valkey frozen (SIGSTOP) for 15 s, then PostgreSQL for 10 s, while clients submit tasks"] = {
+        **outcome,
+        "responses seen": dict(sorted(load.statuses.items())),
+        "connection errors": load.connection_errors,
+        "slowest answer to POST /tasks (ms)": round(load.slowest * 1000),
+        "slowest /healthz (ms)": round(probe.slowest["/healthz"] * 1000),
+        "slowest /readyz (ms)": round(probe.slowest["/readyz"] * 1000),
+        "what /readyz said": dict(probe.readyz),
+        "jobs run more than once / most tries": f"{tries[0]['n']} / {tries[0]['most']}",
+    }
+    assert outcome["accepted"] == outcome["attempted"]
+    assert (outcome["lost"], outcome["duplicated"], outcome["failed_jobs"]) == (0, 0, 0)
+    assert load.connection_errors == 0
+    assert load.slowest < 3.0
+    assert probe.slowest["/healthz"] < 0.1
+    assert any("redis" in said for said in probe.readyz) and any("database" in said for said in probe.readyz)
+    assert tries[0]["most"] == 1  # an outage of our own servers uses up no job's tries

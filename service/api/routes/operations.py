@@ -23,11 +23,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def _check(probe: Awaitable[object]) -> str:
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT):
-            await probe
-    except Exception as exc:  # any failure means "not ready"; the type tells the operator why
-        return f"down ({type(exc).__name__})"
+    # In a task of its own, left to finish in the background past the timeout: a query cancelled on a
+    # frozen PostgreSQL holds its connection until the server answers the cancellation.
+    task = asyncio.ensure_future(probe)
+    done, _ = await asyncio.wait({task}, timeout=CHECK_TIMEOUT)
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda finished: finished.cancelled() or finished.exception())
+        return "down (no answer)"
+    if (error := task.exception()) is not None:  # any failure means "not ready"; the type tells why
+        return f"down ({type(error).__name__})"
     return "ok"
 
 
