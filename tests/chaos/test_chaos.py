@@ -1,6 +1,7 @@
 """Crashes, outages and floods, with the figures they produce."""
 
 import asyncio
+import signal
 import statistics
 import time
 from collections import Counter
@@ -312,3 +313,44 @@ async def test_frozen_valkey_then_frozen_postgres(cluster: Cluster, figures: Fig
     assert probe.slowest["/healthz"] < 0.1
     assert any("redis" in said for said in probe.readyz) and any("database" in said for said in probe.readyz)
     assert tries[0]["most"] == 1  # an outage of our own servers uses up no job's tries
+
+
+async def test_redis_loses_the_payloads_of_jobs_paused_workers_had_claimed(cluster: Cluster, figures: Figures) -> None:
+    """Workers paused (SIGSTOP) with a backlog; Redis loses the jobs' payloads but not the queue; the
+    workers resume, claim every job and find nothing to read: arq records each as "job expired".
+    Deterministic: every job meets the fault. Then a plain FLUSHDB while they work through a second backlog."""
+    from redis.asyncio import Redis
+
+    workers = [cluster.start_worker(), cluster.start_worker()]
+    cluster.start_worker(slow=True)
+    async with await cluster.client() as client, Redis.from_url(cluster.valkey.url) as redis:
+        headers = await cluster.sign_up(client, "expired")
+        await asyncio.sleep(1)  # the welcome email is out of the way
+        load = Load()
+        for worker in workers:
+            worker.signal_group(signal.SIGSTOP)
+        await cluster.create_tasks(client, headers, [f"expired-{n}" for n in range(300)], load)
+        payloads = [key async for key in redis.scan_iter(match="arq:job:*")]
+        await redis.delete(*payloads)
+        for worker in workers:
+            worker.signal_group(signal.SIGCONT)
+        await asyncio.sleep(2)
+        expired = len([key async for key in redis.scan_iter(match="arq:result:*")])
+        for worker in workers:
+            worker.signal_group(signal.SIGSTOP)
+        await cluster.create_tasks(client, headers, [f"expired-flush-{n}" for n in range(300)], load)
+        for worker in workers:
+            worker.signal_group(signal.SIGCONT)
+        await asyncio.sleep(0.05)
+        await redis.flushdb()
+    await cluster.settle()
+    outcome = await cluster.outcome(load, "expired-")
+    figures["Redis loses the payloads of 300 jobs paused workers then claim; then FLUSHDB under 300 more"] = {
+        **outcome,
+        "jobs arq recorded as expired (or otherwise finished) before the reconciler ran": expired,
+        "responses seen": dict(sorted(load.statuses.items())),
+        "slowest answer to POST /tasks (ms)": round(load.slowest * 1000),
+    }
+    assert expired > 0  # the fault did happen
+    assert outcome["accepted"] == 600
+    assert (outcome["lost"], outcome["duplicated"], outcome["failed_jobs"]) == (0, 0, 0)
