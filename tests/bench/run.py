@@ -34,6 +34,7 @@ from service.core.dispatch import Dispatcher, record_job
 from service.dev import migrate
 from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.dev.servers import ensure_database
+from tests.bench import timing
 
 PROJECT = Path(__file__).resolve().parents[2]
 REPORT = PROJECT / "docs" / "benchmarks.md"
@@ -534,6 +535,23 @@ def baseline_workers(bench: Bench) -> None:
         )
 
 
+def keeping_time(bench: Bench) -> None:
+    """Lateness with no wake-up message: our worker against arq's own, polling every 50 ms."""
+    found = {}
+    for kind in ("arq", "ours"):
+        asyncio.run(bench.flush_redis())
+        proc = bench.process([sys.executable, "-m", "tests.bench.timing", kind], f"timing-{kind}")
+        try:
+            time.sleep(2)
+            found[kind] = asyncio.run(timing.measure(bench.valkey.url))
+        finally:
+            stop(proc)
+    for event, ours in found["ours"].items():
+        arq = found["arq"][event]
+        baseline = f"arq, poll 0.05 s: {quantiles(arq)}"
+        bench.rows.append((f"keeping time: {event}", "", f"ours: {quantiles(ours)}", baseline))
+
+
 def _saq_installed() -> bool:
     return subprocess.run([sys.executable, "-c", "import saq"], capture_output=True).returncode == 0
 
@@ -556,18 +574,29 @@ def render(bench: Bench) -> str:
     return "\n".join(lines)
 
 
+BENCHMARKS: dict[str, Callable[[Bench], None]] = {
+    "http": http_benchmarks,
+    "sse": sse_latency,
+    "worker": ours_worker,
+    "baselines": baseline_workers,
+    "timing": keeping_time,
+    "soak": soak,
+}
+# BENCH_PARTS=timing,worker make bench: only those parts (all by default), to measure one change quickly.
+PARTS = [part for part in os.environ.get("BENCH_PARTS", ",".join(BENCHMARKS)).split(",") if part]
+
+
 def main() -> None:
+    if unknown := set(PARTS) - set(BENCHMARKS):
+        sys.exit(f"BENCH_PARTS: unknown part(s) {', '.join(sorted(unknown))}; known: {', '.join(BENCHMARKS)}")
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: `make bench` installs Debian's package when run as root, or install it yourself.")
     base = Path(tempfile.mkdtemp(prefix="bench-"))
     bench = Bench(base)
     bench.start_servers()
     try:
-        http_benchmarks(bench)
-        sse_latency(bench)
-        ours_worker(bench)
-        baseline_workers(bench)
-        soak(bench)
+        for part in PARTS:
+            BENCHMARKS[part](bench)
     finally:
         bench.stop_servers()
     REPORT.write_text(render(bench))
