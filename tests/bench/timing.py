@@ -10,6 +10,7 @@ drives it from the benchmark with a plain arq pool and reads those lists.
 """
 
 import asyncio
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -130,7 +131,8 @@ async def measure(redis_url: str, samples: int = 30) -> dict[str, list[float]]:
         for label, probe in PROBES.items():
             found[label] = []
             for _ in range(samples):
-                await asyncio.sleep(0.3)
+                # A random phase: a poller's lateness depends on where in its period the job arrives.
+                await asyncio.sleep(0.3 + random.random() * POLL_DELAY)
                 found[label].append(await probe(pool))
         ticks = [float(at) for at in await pool.lrange(STARTS + "tick", 0, -1) if float(at) > began + 2]
         found["cron runs (every second) start late by"] = [at - int(at) for at in ticks]
