@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser wrk run test chaos bench worker migrate lint clean
+.PHONY: help install browser nginx wrk run test chaos bench worker migrate lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,14 @@ browser: ## Chromium for the dashboard's browser test: Debian's package, install
 	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }; }; } || \
 	  echo "No Chromium: install your distribution's chromium package to run the dashboard's browser test."
 
-test: install browser ## the whole test suite, against servers it starts for itself
+nginx: ## nginx, to check compose's reverse-proxy config: Debian's package, installed when root and missing
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light >/dev/null 2>&1 || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light >/dev/null; }; }; } || \
+	  echo "No nginx: install your distribution's nginx package to check the reverse proxy's config."
+
+test: install browser nginx ## the whole test suite, against servers it starts for itself
 	$(BIN)/python -m pytest
 
 chaos: install ## crashes, outages and floods against real processes; figures to docs/reliability.md

@@ -12,6 +12,16 @@ from service.core.queries.reports import save_report
 from service.core.tables import tasks
 
 REPORT_COLUMNS = ["id", "title", "description", "status", "priority", "due_at", "created_at", "updated_at"]
+# A cell a spreadsheet would take for a formula (OWASP, "CSV Injection"): written with a leading quote.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 @job(timeout=120)
@@ -22,7 +32,7 @@ async def generate_report(ctx: JobContext, *, owner_id: int) -> dict[str, Any]:
     writer = csv.writer(buffer)
     writer.writerow(REPORT_COLUMNS)
     for row in rows:
-        writer.writerow(["" if row[column] is None else row[column] for column in REPORT_COLUMNS])
+        writer.writerow([_cell(row[column]) for column in REPORT_COLUMNS])
     report = await save_report(
         ctx["db"],
         owner_id=owner_id,

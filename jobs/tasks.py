@@ -12,7 +12,7 @@ from jobs.lifecycle import job
 from jobs.retry import PermanentError
 from service.core.dispatch import Dispatcher
 from service.core.queries.prepared import Prepared, param
-from service.core.tables import emails, tasks
+from service.core.tables import tasks, users
 
 _INSERT_TASK = Prepared(
     insert(tasks)
@@ -58,28 +58,57 @@ def reminder_key(task_id: int, due_at: datetime) -> str:
     return f"due:{task_id}:{int(due_at.timestamp())}"
 
 
+REMINDER_PAGE = 500
+_MARK_REMINDED = (
+    "UPDATE tasks SET reminded_for = handed.due_at"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:dues AS timestamptz[])) AS handed(id, due_at)"
+    " WHERE tasks.id = handed.id AND tasks.due_at = handed.due_at"
+)
+
+
+def _unreminded(now: datetime, window: timedelta, after: tuple[datetime, int] | None) -> sa.Select[Any]:
+    """A page of open tasks falling due within the window that have not had their reminder for this due
+    date, of owners with a verified address, in (due_at, id) order after `after` (ix_tasks_due_unreminded)."""
+    query = (
+        sa.select(tasks.c.id, tasks.c.owner_id, tasks.c.due_at)
+        .join(users, users.c.id == tasks.c.owner_id)
+        .where(
+            tasks.c.due_at.is_not(None),
+            tasks.c.status != "done",
+            tasks.c.reminded_for.is_distinct_from(tasks.c.due_at),
+            tasks.c.due_at > now - timedelta(minutes=5),
+            tasks.c.due_at <= now + window,
+            users.c.email_verified_at.is_not(None),
+        )
+        .order_by(tasks.c.due_at, tasks.c.id)
+        .limit(REMINDER_PAGE)
+    )
+    if after is not None:
+        query = query.where(sa.tuple_(tasks.c.due_at, tasks.c.id) > sa.tuple_(*after))
+    return query
+
+
 @job(timeout=20, max_tries=1)  # the next minute's run is the retry
 async def send_due_reminders(ctx: JobContext) -> dict[str, Any]:
-    """Hand a reminder job to each open task due within the window that has not had its reminder."""
+    """Hand a reminder job to each open task due within the window that has not had its reminder, a
+    page at a time; each task handed is marked, so the next run reads only what is new."""
     window = timedelta(minutes=ctx["settings"].reminder_window_minutes)
     now = datetime.now(UTC)
-    due = (
-        sa.select(tasks.c.id, tasks.c.owner_id, tasks.c.due_at)
-        .where(tasks.c.status != "done", tasks.c.due_at > now - timedelta(minutes=5), tasks.c.due_at <= now + window)
-        .order_by(tasks.c.due_at)
-        .limit(1000)
-    )
-    enqueued = 0
-    dispatcher = Dispatcher(ctx["db"], ctx["redis"])
-    for task in await ctx["db"].fetch_all(due):
-        key = reminder_key(task["id"], task["due_at"])
-        if await ctx["db"].fetch_val(sa.select(emails.c.sent_at).where(emails.c.key == key)) is not None:
-            continue
-        await dispatcher.submit(
-            name="send_task_reminder_email",
-            owner_id=task["owner_id"],
-            args={"task_id": task["id"], "once_key": key},
-            job_id=f"reminder-{key.replace(':', '-')}",
-        )
-        enqueued += 1
+    db, enqueued, after = ctx["db"], 0, None
+    dispatcher = Dispatcher(db, ctx["redis"])
+    while page := await db.fetch_all(_unreminded(now, window, after)):
+        for task in page:
+            key = reminder_key(task["id"], task["due_at"])
+            await dispatcher.submit(
+                name="send_task_reminder_email",
+                owner_id=task["owner_id"],
+                args={"task_id": task["id"], "once_key": key},
+                job_id=f"reminder-{key.replace(':', '-')}",
+            )
+        # Handed over: each job is recorded in PostgreSQL, and its email keyed by task and due date. A task
+        # whose due date moved meanwhile stays unmarked: the next run reminds it of the new date.
+        handed = {"ids": [task["id"] for task in page], "dues": [task["due_at"] for task in page]}
+        await db.execute(_MARK_REMINDED, handed)
+        enqueued += len(page)
+        after = (page[-1]["due_at"], page[-1]["id"])
     return {"reminders": enqueued}

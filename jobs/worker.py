@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from jobs.emails import send_task_reminder_email, send_welcome_email
+from jobs.emails import send_email_confirmation, send_task_reminder_email, send_welcome_email
 from jobs.heartbeat import WorkerStats, run_heartbeat
 from jobs.history import History
 from jobs.lifecycle import scheduled
@@ -34,7 +34,14 @@ from service.core.settings import Settings
 
 T = TypeVar("T")
 
-FUNCTIONS = [process_new_task, send_welcome_email, send_task_reminder_email, generate_report, long_running_calculation]
+FUNCTIONS = [
+    process_new_task,
+    send_welcome_email,
+    send_email_confirmation,
+    send_task_reminder_email,
+    generate_report,
+    long_running_calculation,
+]
 
 
 def functions_for(queue: str) -> list[Function]:

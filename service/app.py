@@ -12,9 +12,10 @@ from starlette.routing import Route
 
 from service.api.errors import exception_handlers
 from service.api.metrics import HttpMetrics
-from service.api.middleware import BodySizeLimit, Deadline, RequestId, Telemetry
+from service.api.middleware import BodySizeLimit, Deadline, RequestId, SecurityHeaders, Telemetry
 from service.api.routes import all_routes
 from service.api.security import Passwords, Tokens
+from service.api.sessions import Sessions
 from service.api.state import AppState
 from service.api.throttle import Throttle
 from service.core.connections import open_database, open_redis
@@ -44,12 +45,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings=settings,
                 db=db,
                 redis=redis,
-                passwords=Passwords(settings.password_hash_concurrency),
+                passwords=Passwords(settings.password_hash_concurrency, settings.new_password_hash_concurrency),
                 tokens=Tokens.from_settings(settings),
                 http_metrics=http_metrics,
                 dispatcher=Dispatcher(db, redis),
                 users=UserLookup(db),
                 throttle=Throttle(redis),
+                sessions=Sessions(redis, lifetime_seconds=settings.jwt_expire_minutes * 60),
             )
             # What startup built lives as long as the process: frozen, it is no longer walked by every
             # full garbage collection, whose pauses were most of POST /tasks' p99 (62 -> 20 ms).
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         middleware=[
             Middleware(RequestId),
+            Middleware(SecurityHeaders),
             Middleware(Telemetry, metrics=http_metrics, route_names=route_names, access_log=settings.access_log),
             Middleware(Deadline, seconds=settings.request_timeout),
             Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes),

@@ -255,12 +255,19 @@ async def login(client: httpx.AsyncClient, name: str, password: str = PASSWORD) 
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
+async def verify(db: Database, name: str) -> None:
+    """Mark a user's email verified, as following the link mailed at registration does (that link is
+    tested in tests/test_accounts.py)."""
+    await db.execute("UPDATE users SET email_verified_at = now() WHERE username = :name", {"name": name})
+
+
 @pytest.fixture
-def make_user(client: httpx.AsyncClient) -> Callable[[str], Awaitable[dict[str, str]]]:
-    """Register a user and return the auth headers of a fresh token."""
+def make_user(client: httpx.AsyncClient, db: Database) -> Callable[[str], Awaitable[dict[str, str]]]:
+    """Register a user with a verified address and return the auth headers of a fresh token."""
 
     async def make(name: str) -> dict[str, str]:
         await register(client, name)
+        await verify(db, name)
         return await login(client, name)
 
     return make
@@ -294,6 +301,7 @@ class Deployment:
 async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> AsyncIterator[Deployment]:
     port = free_port()
     env = clean_env(
+        PUBLIC_URL=f"http://127.0.0.1:{port}",  # the links in emails
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         JWT_SECRET=TEST_SECRET,
@@ -302,6 +310,8 @@ async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> Async
         WORKER_SHUTDOWN_GRACE="8",
         # Floods are tested in process (test_security.py); here they would only get in the way of fuzzing.
         ENQUEUE_QUOTA_PER_MINUTE="0",
+        ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE="0",
+        REGISTRATIONS_PER_ADDRESS_PER_HOUR="100000",
         LOGIN_ATTEMPTS_PER_IP="100000",
         LOGIN_FAILURES_PER_ACCOUNT="100000",
     )

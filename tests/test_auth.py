@@ -121,7 +121,8 @@ async def test_missing_token_is_401(client: httpx.AsyncClient) -> None:
 async def test_token_of_deleted_user_stops_working(client: httpx.AsyncClient) -> None:
     await register(client, "gina")
     headers = await login(client, "gina")
-    assert (await client.delete("/users/me", headers=headers)).status_code == 204
+    deleted = await client.request("DELETE", "/users/me", headers=headers, json={"current_password": PASSWORD})
+    assert deleted.status_code == 204
     assert (await client.get("/users/me", headers=headers)).status_code == 401
 
 
@@ -132,7 +133,8 @@ async def test_update_me_changes_password_and_refuses_taken_username(client: htt
     taken = await client.patch("/users/me", headers=headers, json={"username": "ivy"})
     assert taken.status_code == 409
 
-    changed = await client.patch("/users/me", headers=headers, json={"password": "a brand new password"})
+    new = {"password": "a brand new password", "current_password": PASSWORD}
+    changed = await client.patch("/users/me", headers=headers, json=new)
     assert changed.status_code == 200
     assert (await client.post("/auth/token", data={"username": "hank", "password": PASSWORD})).status_code == 401
     await login(client, "hank", "a brand new password")
@@ -148,9 +150,9 @@ def test_production_refuses_to_start_without_a_strong_secret() -> None:
 
 def test_a_remembered_token_still_expires() -> None:
     tokens = Tokens(key="k" * 40, issuer="taskmanager", audience="taskmanager-api", lifetime_seconds=1)
-    token = tokens.issue(7)
-    assert tokens.user_id(token) == 7
-    assert tokens.user_id(token) == 7  # remembered
+    token = tokens.issue(7, 3)
+    assert tokens.subject(token) == (7, 3)
+    assert tokens.subject(token) == (7, 3)  # remembered
     time.sleep(1.1)
     with pytest.raises(InvalidToken):
-        tokens.user_id(token)
+        tokens.subject(token)

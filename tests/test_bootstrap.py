@@ -1,5 +1,6 @@
 """`make run`'s bootstrap as a new user meets it: embedded servers, Ctrl-C, a SIGKILL, a bad URL."""
 
+import re
 import signal
 import time
 from pathlib import Path
@@ -51,6 +52,10 @@ def _create_task_and_get_reminded(base: str, run: Proc) -> None:
     created = httpx.post(f"{base}/tasks", headers=headers, json={"title": "Feed the cat"})
     assert created.status_code == 202
     task_id = _until(f"{base}{created.headers['location']}", headers, "SUCCESS")["result"]["task_id"]
+    # Reminders go to verified addresses: follow the link of the welcome email, printed by the mail catcher.
+    link = re.search(r"(http://[^/\s]+/auth/verify-email\?token=[\w.-]+)", run.output())
+    assert link and link.group(1).startswith(base), run.output()
+    assert httpx.get(link.group(1)).status_code == 200
     remind = httpx.post(f"{base}/tasks/{task_id}/remind", headers=headers)
     _until(f"{base}{remind.headers['location']}", headers, "SUCCESS")
     deadline = time.monotonic() + 10

@@ -10,6 +10,8 @@ import itertools
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -26,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-LONG_RUNNING = ("postgres", "redis", "mail", "api", "worker", "slow-worker")
-ALL_SERVICES = ("postgres", "redis", "mail", "migrate", "api", "worker", "slow-worker")
+LONG_RUNNING = ("postgres", "redis", "mail", "proxy", "api", "worker", "slow-worker")
+ALL_SERVICES = ("postgres", "redis", "mail", "migrate", "proxy", "api", "worker", "slow-worker")
+UVICORN_ENV = {"FORWARDED_ALLOW_IPS"}  # read by uvicorn itself, set for the API alone
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 APP_SERVICES = ("api", "worker", "slow-worker")
 WORKER_SETTINGS = "jobs.worker.WorkerSettings"
 POSTGRES_DATA = "/var/lib/postgresql/data"  # PGDATA of the official postgres images up to 17
@@ -235,12 +239,14 @@ def test_app_waits_for_migrations_to_complete(services: dict[str, dict[str, Any]
 
 def test_api_and_worker_share_one_environment_anchor(compose_text: str, services: dict[str, dict[str, Any]]) -> None:
     services_node = mapping_node(yaml.compose(compose_text), "services")
-    api_env, *worker_envs = (mapping_node(mapping_node(services_node, name), "environment") for name in APP_SERVICES)
-    assert all(api_env is env for env in worker_envs), "api and worker environments are separate copies, not one *alias"
+    worker_envs = [mapping_node(mapping_node(services_node, name), "environment") for name in APP_SERVICES[1:]]
+    assert worker_envs[0] is worker_envs[1], "the workers' environments are separate copies, not one *alias"
 
-    environment = services["api"]["environment"]
+    environment = services["worker"]["environment"]
     assert isinstance(environment, dict), "the shared environment is not a mapping"
-    assert environment == services["worker"]["environment"]
+    api_only = {key: value for key, value in services["api"]["environment"].items() if key not in environment}
+    assert {key: services["api"]["environment"][key] for key in environment} == environment, "api's differs"
+    assert set(api_only) <= UVICORN_ENV, f"the API alone gets {sorted(api_only)}"
     missing = {"DATABASE_URL", "REDIS_URL", "SMTP_HOST", "JWT_SECRET"} - set(environment)
     assert not missing, f"the shared environment lacks {sorted(missing)}"
 
@@ -256,7 +262,8 @@ def test_shared_environment_points_at_the_compose_services(services: dict[str, d
 
 def test_shared_environment_makes_valid_production_settings(services: dict[str, dict[str, Any]]) -> None:
     given = {"JWT_SECRET": "s" * 48}
-    environment = {key: interpolate(str(value), given) for key, value in services["api"]["environment"].items()}
+    given_env = services["api"]["environment"].items()
+    environment = {key: interpolate(str(value), given) for key, value in given_env if key not in UVICORN_ENV}
     unknown = {key for key in environment if key.lower() not in Settings.model_fields}
     assert not unknown, f"compose sets variables the service never reads: {sorted(unknown)}"
     settings = Settings(_env_file=None, **{key.lower(): value for key, value in environment.items()})
@@ -285,7 +292,7 @@ def test_workers_run_arq_and_their_healthcheck_asks_arq(
 
 
 def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
-    assert fixed_host_ports(services["api"].get("ports")), "fixed_host_ports misses api's 8000:8000"
+    assert fixed_host_ports(services["proxy"].get("ports")), "fixed_host_ports misses the proxy's 8000:8000"
     worker = services["worker"]
     assert "container_name" not in worker, "a container_name allows only one worker"
     assert not fixed_host_ports(worker.get("ports")), f"a fixed host port allows only one worker: {worker['ports']}"
@@ -433,8 +440,11 @@ def test_cmd_runs_the_app_factory_under_uvicorn(instructions: list[Instruction],
     assert "--factory" in command and "service.app:create_app" in command, f"not the app factory: {command}"
     options = dict(itertools.pairwise(command))
     assert options.get("--host") == "0.0.0.0", "uvicorn listens on loopback only: unreachable from other containers"
-    published = {str(port).split("/")[0].rsplit(":", 1)[-1] for port in services["api"].get("ports") or []}
-    assert options.get("--port") in published, f"uvicorn's port is not the one compose publishes ({published})"
+    assert f"server api:{options.get('--port')};" in NGINX_CONF.read_text(), "the proxy sends elsewhere"
+    assert "--proxy-headers" in command
+    # Slow and many clients: a deadline on each request's head, idle connections closed, a cap on all.
+    assert options.get("--http") == "service.api.protocol:TimelyHttpProtocol"
+    assert options.get("--timeout-keep-alive") and options.get("--limit-concurrency")
 
 
 def test_image_has_a_healthcheck(instructions: list[Instruction]) -> None:
@@ -443,3 +453,39 @@ def test_image_has_a_healthcheck(instructions: list[Instruction]) -> None:
     words = healthchecks[-1].args.split()
     assert words[0].upper() != "NONE", "HEALTHCHECK NONE disables the health check"
     assert "CMD" in (word.upper() for word in words), f"HEALTHCHECK without CMD: {healthchecks[-1].args}"
+
+
+# --- the reverse proxy -------------------------------------------------------------------------------------------
+
+
+def test_only_the_proxy_publishes_the_api(services: dict[str, dict[str, Any]]) -> None:
+    assert not services["api"].get("ports"), "the API is published past its proxy"
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"  # it is reachable from the proxy alone
+    assert depends_on(services["proxy"]).get("api") == "service_healthy"
+    mounts = dict(volume_mounts(services["proxy"]))
+    assert mounts.get("./deploy/nginx.conf") == "/etc/nginx/nginx.conf"
+
+
+def test_the_proxy_config_is_valid_nginx(tmp_path: Path) -> None:
+    """`nginx -t` on the config (Debian's nginx, which `make test` installs), the API's host made local."""
+    config = tmp_path / "nginx.conf"
+    config.write_text(NGINX_CONF.read_text().replace("server api:8000;", "server 127.0.0.1:8000;"))
+    (tmp_path / "logs").mkdir()
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    error_log = tmp_path / "logs" / "error.log"
+    command = [nginx, "-t", "-p", str(tmp_path), "-c", str(config), "-e", str(error_log)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_the_proxy_drops_slow_and_greedy_clients() -> None:
+    directives = dict(re.findall(r"^\s*(\w+) ([^;{]+);", NGINX_CONF.read_text(), flags=re.MULTILINE))
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout"):
+        assert int(directives[timeout].rstrip("s")) <= 15, f"{timeout} {directives[timeout]}"
+    assert directives["limit_conn"] == "per_address 100"
+    assert directives["client_max_body_size"] == "64k"
+
+
+def test_the_mail_catcher_ui_is_for_this_machine_only(services: dict[str, dict[str, Any]]) -> None:
+    assert services["mail"]["ports"] == ["127.0.0.1:8025:8025"]

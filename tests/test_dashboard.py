@@ -8,13 +8,15 @@ import httpx
 from databases import Database
 
 from service.core.settings import Settings
-from tests.conftest import PASSWORD, MailBox, api_client, background_worker, drain, login, register
+from tests.conftest import PASSWORD, MailBox, api_client, background_worker, drain, login, register, verify
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
+ROOT_EMAIL = "root@example.com"  # make_admin's user, verified: the demo email goes to no one else
 
 
 async def make_admin(client: httpx.AsyncClient, db: Database, name: str = "root") -> dict[str, str]:
     await register(client, name)
+    await verify(db, name)
     await db.execute("UPDATE users SET is_admin = true WHERE username = :name", {"name": name})
     return await login(client, name)
 
@@ -70,9 +72,10 @@ async def test_state_changes_by_cookie_need_the_csrf_token(
 ) -> None:
     admin = await make_admin(client, db)
     await drain(settings)  # the welcome email
+    mail.messages.clear()
     mail.refuse_next = ["550 no such user"]
     failed = (
-        await client.post("/jobs/send-email", headers=admin, json={"recipient_email": "a@b.example", "username": "A"})
+        await client.post("/jobs/send-email", headers=admin, json={"recipient_email": ROOT_EMAIL, "username": "A"})
     ).json()
     await drain(settings)
     url = f"/dashboard/api/jobs/{failed['job_id']}/retry"
@@ -86,7 +89,7 @@ async def test_state_changes_by_cookie_need_the_csrf_token(
     assert retried.json()["state"] == "PENDING"
     assert (await client.post(url, headers=admin)).status_code == 202  # a Bearer token needs no CSRF token
     await drain(settings)
-    assert len(mail.to("a@b.example")) == 2
+    assert len(mail.to(ROOT_EMAIL)) == 2
 
 
 async def test_abort_and_retry_rules(client: httpx.AsyncClient, db: Database, settings: Settings) -> None:
@@ -107,7 +110,7 @@ async def test_search_filters(client: httpx.AsyncClient, db: Database, settings:
     await client.post("/tasks", headers=bob, json={"title": "needle in a haystack"})
     await drain(settings)
     mail.refuse_next = ["421 busy"] * 20  # every try refused: the job exhausts its tries
-    await client.post("/jobs/send-email", headers=admin, json={"recipient_email": "z@z.example", "username": "Z"})
+    await client.post("/jobs/send-email", headers=admin, json={"recipient_email": ROOT_EMAIL, "username": "Z"})
     await drain(settings.model_copy(update={"job_max_tries": 3}))
 
     async def names(**params: str) -> list[str]:
@@ -124,7 +127,7 @@ async def test_search_filters(client: httpx.AsyncClient, db: Database, settings:
     detail = (await client.get("/dashboard/api/jobs", headers=admin, params={"dead": "true"})).json()[0]
     assert detail["error"]["message"].startswith("gave up after 3 tries")
     assert detail["username"] == "root"
-    assert detail["args"] == {"recipient_email": "z@z.example", "username": "Z"}
+    assert detail["args"] == {"recipient_email": ROOT_EMAIL, "username": "Z"}
 
 
 async def test_overview_shows_workers_cron_and_charts(

@@ -1,6 +1,7 @@
 """End to end: uvicorn and `arq jobs.worker.WorkerSettings` as real processes, driven over HTTP."""
 
 import asyncio
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -42,6 +43,11 @@ async def test_register_create_task_remind_over_real_processes(deployment: Deplo
         task_id = done["result"]["task_id"]
         assert (await client.get(f"/tasks/{task_id}", headers=headers)).json()["title"] == "Renew passport"
 
+        # Reminders go to verified addresses only: follow the link in the welcome email, as erin would.
+        assert (await client.post(f"/tasks/{task_id}/remind", headers=headers)).status_code == 403
+        link = await _link_in_welcome(mail, "erin@example.com")
+        verified = await client.get(link.removeprefix(deployment.base_url))
+        assert verified.status_code == 200 and verified.json()["email_verified_at"] is not None
         remind = await client.post(f"/tasks/{task_id}/remind", headers=headers)
         await _until(client, remind.json()["status_url"], headers, "SUCCESS")
 
@@ -49,6 +55,15 @@ async def test_register_create_task_remind_over_real_processes(deployment: Deplo
     assert subjects == ["Reminder: Renew passport", "Welcome to Task Manager, erin!"]
     reminder = next(m for m in mail.to("erin@example.com") if m.subject.startswith("Reminder"))
     assert 'your task "Renew passport"' in reminder.body
+
+
+async def _link_in_welcome(mail: MailBox, address: str) -> str:
+    for _ in range(200):
+        for message in mail.to(address):
+            if match := re.search(r"(https?://[^/\s]+/auth/verify-email\?token=[\w.-]+)", message.body):
+                return match.group(1)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no verification link mailed to {address}")
 
 
 async def test_arq_check_reports_the_worker_health(deployment: Deployment) -> None:

@@ -91,7 +91,8 @@ async def test_a_frozen_redis_still_gets_an_answer_within_seconds(
 async def test_without_a_quota_a_frozen_redis_still_lets_tasks_in(
     own_servers: tuple[EmbeddedPostgres, EmbeddedValkey], own_settings: Settings
 ) -> None:
-    async with api_client(own_settings.model_copy(update={"enqueue_quota_per_minute": 0})) as client:
+    no_quota = {"enqueue_quota_per_minute": 0, "enqueue_quota_per_address_per_minute": 0}
+    async with api_client(own_settings.model_copy(update=no_quota)) as client:
         await register(client, "una")
         headers = await login(client, "una")
         with frozen(_pid(own_servers[1])):

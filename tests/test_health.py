@@ -52,6 +52,7 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     expected = {
         ("/auth/register", "post"),
         ("/auth/token", "post"),
+        ("/auth/verify-email", "get"),
         ("/users/me", "get"),
         ("/users/me", "patch"),
         ("/users/me", "delete"),
@@ -75,7 +76,7 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     assert register["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/UserCreate"
     }
-    assert set(register["responses"]) == {"201", "409", "413", "422", "503"}
+    assert set(register["responses"]) == {"201", "409", "413", "422", "429", "503"}
     assert "security" not in register
     token_form = paths["/auth/token"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in token_form

@@ -19,9 +19,11 @@ from service.core import keys
 from service.core.dispatch import Dispatcher
 from service.core.schemas import JobRecord
 from service.core.settings import Settings
-from tests.conftest import MailBox, background_worker, drain, login, register
+from tests.conftest import MailBox, background_worker, drain, login, register, verify
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
+# alice's own address, verified: the demo email goes to no one else.
+OWN_ADDRESS = {"recipient_email": "alice@example.com", "username": "X"}
 
 
 async def status(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
@@ -180,9 +182,10 @@ async def test_welcome_send_email_and_remind_deliver_real_mail(
     client: httpx.AsyncClient, db: Database, settings: Settings, mail: MailBox
 ) -> None:
     await register(client, "alice")
+    await verify(db, "alice")
     alice = await login(client, "alice")
     await client.post(
-        "/jobs/send-email", headers=alice, json={"recipient_email": "friend@example.com", "username": "Pat"}
+        "/jobs/send-email", headers=alice, json={"recipient_email": "alice@example.com", "username": "Pat"}
     )
     create = await client.post("/tasks", headers=alice, json={"title": "Water the plants"})
     await drain(settings)
@@ -191,12 +194,12 @@ async def test_welcome_send_email_and_remind_deliver_real_mail(
     assert remind.status_code == 202
     await drain(settings)
 
-    [welcome] = [m for m in mail.to("alice@example.com") if m.subject.startswith("Welcome")]
+    [welcome] = [m for m in mail.to("alice@example.com") if m.subject.endswith("alice!")]
     assert welcome.subject == "Welcome to Task Manager, alice!"
     assert welcome.message["From"] == settings.smtp_from
     assert "Hi alice," in welcome.body
 
-    [demo] = mail.to("friend@example.com")
+    [demo] = [m for m in mail.to("alice@example.com") if m.subject.endswith("Pat!")]
     assert demo.subject == "Welcome to Task Manager, Pat!"
     assert "Hi Pat," in demo.body
 
@@ -291,9 +294,7 @@ async def test_transient_smtp_failures_retry_then_succeed(
     await drain(settings)  # the welcome email
     mail.messages.clear()
     mail.refuse_next = ["421 4.3.2 Service busy, try again later"] * 2  # N - 1 = 2 transient failures
-    job_id = (
-        await client.post("/jobs/send-email", headers=alice, json={"recipient_email": "x@example.com", "username": "X"})
-    ).json()["job_id"]
+    job_id = (await client.post("/jobs/send-email", headers=alice, json=OWN_ADDRESS)).json()["job_id"]
 
     pubsub = redis.pubsub()
     await pubsub.subscribe(keys.job_events(job_id))
@@ -309,7 +310,7 @@ async def test_transient_smtp_failures_retry_then_succeed(
     assert final["state"] == "SUCCESS"
     assert final["tries"] == 3
     assert states == ["STARTED", "RETRY", "STARTED", "RETRY", "STARTED", "SUCCESS"]
-    assert len(mail.to("x@example.com")) == 1
+    assert len(mail.to("alice@example.com")) == 1
 
 
 async def test_permanent_failure_fails_once_with_its_error(
@@ -339,7 +340,7 @@ async def test_smtp_refusal_is_permanent(
     mail.refuse_next = ["550 5.1.1 No such mailbox"]
     job_id = (
         await client.post(
-            "/jobs/send-email", headers=alice, json={"recipient_email": "gone@example.com", "username": "G"}
+            "/jobs/send-email", headers=alice, json={"recipient_email": "alice@example.com", "username": "G"}
         )
     ).json()["job_id"]
     await drain(settings)

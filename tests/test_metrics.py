@@ -9,6 +9,8 @@ from service.core.settings import Settings
 from tests.conftest import MailBox, background_worker, drain
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
+# alice's own address, verified: the demo email goes to no one else.
+OWN_ADDRESS = {"recipient_email": "alice@example.com", "username": "X"}
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -63,7 +65,7 @@ async def test_failures_and_retries_are_counted(
     await drain(settings)
     before = await scrape(client)
     mail.refuse_next = ["421 busy", "550 no such mailbox"]
-    await client.post("/jobs/send-email", headers=alice, json={"recipient_email": "x@example.com", "username": "X"})
+    await client.post("/jobs/send-email", headers=alice, json=OWN_ADDRESS)
     await drain(settings)
     after = await scrape(client)
     for metric, expected in (("jobs_retried_total", 1), ("jobs_failed_total", 1), ("jobs_started_total", 2)):

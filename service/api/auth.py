@@ -19,13 +19,26 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def user_for_token(state: AppState, token: str) -> UserRecord:
-    """The active user a token names; InvalidAuthToken (401) otherwise."""
+    """The active user a token names, if it was issued since their last password change;
+    InvalidAuthToken (401) otherwise."""
     try:
-        user_id = state.tokens.user_id(token)
+        user_id, version = state.tokens.subject(token)
     except InvalidToken:
         raise InvalidAuthToken() from None
+    return await _active(state, user_id, version)
+
+
+async def user_for_session(state: AppState, session_id: str) -> UserRecord:
+    """The active user of a dashboard session, as for a token; InvalidAuthToken (401) otherwise."""
+    session = await state.sessions.get(session_id)
+    if session is None:
+        raise InvalidAuthToken()
+    return await _active(state, session.user_id, session.token_version)
+
+
+async def _active(state: AppState, user_id: int, token_version: int) -> UserRecord:
     user = await state.users.get(user_id)
-    if user is None or not user.is_active:
+    if user is None or not user.is_active or user.token_version != token_version:
         raise InvalidAuthToken()
     return user
 
@@ -53,12 +66,13 @@ async def authenticate(state: AppState, *, login: str, password: str, client_ip:
     exist. Throttling comes before any hashing, so a flood costs little CPU.
     """
     per_account, per_ip = login_limits(state.settings)
-    account = login.strip().lower()
     # Each attempt is counted before the password is checked, so that a burst of concurrent guesses
-    # gets no more checks than the limit; a successful login forgets the account's count.
+    # gets no more checks than the limit; a successful login forgets the account's count. Attempts
+    # are counted per account, whether they name it by username or by email.
     await state.throttle.check(per_ip, client_ip, "Too many login attempts from this address")
-    await state.throttle.check(per_account, account, "Too many failed logins for this account")
     user = await find_by_login(state.db, login=login)
+    account = f"user:{user.id}" if user else f"login:{login.strip().lower()}"
+    await state.throttle.check(per_account, account, "Too many failed logins for this account")
     valid = await state.passwords.verify(user.hashed_password if user else None, password)
     if user is None or not valid or not user.is_active:
         return None
@@ -72,6 +86,17 @@ async def authenticate(state: AppState, *, login: str, password: str, client_ip:
 def client_ip(request: Request) -> str:
     """The caller's address (uvicorn puts a trusted proxy's X-Forwarded-For here with --proxy-headers)."""
     return request.client.host if request.client else "unknown"
+
+
+async def confirm_password(state: AppState, user: UserRecord, password: str) -> None:
+    """Forbidden (403) unless password is the user's: what an email or password change, or deleting the
+    account, needs besides the token. Wrong guesses count against the account's login limit."""
+    per_account, _ = login_limits(state.settings)
+    account = f"user:{user.id}"
+    await state.throttle.check(per_account, account, "Too many failed logins for this account")
+    if not await state.passwords.verify(user.hashed_password, password):
+        raise Forbidden("The current password is not correct")
+    await state.throttle.forget(per_account, account)
 
 
 async def current_admin(request: Request) -> UserRecord:

@@ -1,6 +1,7 @@
 """The edge of background work: the per-user job quota, the 202 that answers a submission, and a
 caller's own job by id."""
 
+import asyncio
 import re
 
 from starlette.requests import Request
@@ -32,9 +33,16 @@ async def own_job(request: Request, user: UserRecord) -> JobRecord:
     return record
 
 
-async def within_quota(state: AppState, user: UserRecord) -> None:
-    """At most ENQUEUE_QUOTA_PER_MINUTE jobs a minute per user (429 with Retry-After beyond)."""
-    quota = state.settings.enqueue_quota_per_minute
-    if quota:
-        rule = Limit("enqueue", quota, 60)
-        await state.throttle.check(rule, str(user.id), "Job quota exceeded: too many jobs this minute")
+async def within_quota(state: AppState, user: UserRecord, address: str) -> None:
+    """At most ENQUEUE_QUOTA_PER_MINUTE jobs a minute per user, and ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE
+    per client address, so that fresh accounts do not bring fresh quotas (429 with Retry-After beyond)."""
+    settings = state.settings
+    checks = []
+    if settings.enqueue_quota_per_minute:
+        per_user = Limit("enqueue", settings.enqueue_quota_per_minute, 60)
+        checks.append(state.throttle.check(per_user, str(user.id), "Job quota exceeded: too many jobs this minute"))
+    if settings.enqueue_quota_per_address_per_minute:
+        per_address = Limit("enqueue-ip", settings.enqueue_quota_per_address_per_minute, 60)
+        message = "Job quota exceeded: too many jobs from this address this minute"
+        checks.append(state.throttle.check(per_address, address, message))
+    await asyncio.gather(*checks)  # counted together, in one round trip (service.api.throttle)

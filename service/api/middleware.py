@@ -80,6 +80,36 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
+class SecurityHeaders:
+    """`nosniff` on every response. On HTML pages also a Content-Security-Policy (the service's own
+    scripts and styles only, no plugins, no framing by any site), X-Frame-Options for browsers that
+    predate frame-ancestors, and a same-origin Referrer-Policy. A page may bring a policy of its own."""
+
+    PAGE_POLICY = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["x-content-type-options"] = "nosniff"
+                if headers.get("content-type", "").startswith("text/html"):
+                    headers.setdefault("content-security-policy", self.PAGE_POLICY)
+                    headers["x-frame-options"] = "DENY"
+                    headers["referrer-policy"] = "same-origin"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class Deadline:
     """Every request answered within `seconds`. A handler that has not begun its response by then (it
     waits on PostgreSQL or Redis, frozen or cut off) is cancelled, and the client gets 503 with

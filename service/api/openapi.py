@@ -9,7 +9,8 @@ from pydantic.json_schema import models_json_schema
 from starlette.convertors import FloatConvertor, IntegerConvertor
 from starlette.routing import BaseRoute, Route
 
-from service.api.routing import BIGINT_DIGITS, IdConvertor
+from service.api.routing import IdConvertor
+from service.core.schemas import BIGINT_DIGITS
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 Mode = Literal["validation", "serialization"]

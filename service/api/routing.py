@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from service.core.schemas import BIGINT_DIGITS
+
 Endpoint = Callable[[Request], Awaitable[Response]]
-BIGINT_DIGITS = 18  # every 18-digit number fits in a signed 64-bit integer
 
 
 class IdConvertor(Convertor[int]):

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from service.api.metrics import HttpMetrics
 from service.api.security import Passwords, Tokens
+from service.api.sessions import Sessions
 from service.api.throttle import Throttle
 from service.core.dispatch import Dispatcher
 from service.core.queries.users import UserLookup
@@ -25,6 +26,7 @@ class AppState:
     dispatcher: Dispatcher
     users: UserLookup
     throttle: Throttle
+    sessions: Sessions
 
 
 def app_state(request: Request) -> AppState:

@@ -24,6 +24,7 @@ SLOW_JOBS = frozenset({"generate_report", "long_running_calculation"})
 QUEUES = (QUEUE, SLOW_QUEUE)
 
 THROTTLE = PREFIX + "throttle:"  # + rule + ":" + subject: a counter for the rule's current window
+SESSION = PREFIX + "session:"  # + session id: "user id:token version", a dashboard login, expiring
 RECONCILER_LOCK = PREFIX + "reconciler"  # held by the one worker reconciling at a time
 
 JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change

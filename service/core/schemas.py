@@ -1,6 +1,6 @@
 """Request and response models. Names show direction: *Create/*Update come in, *Public goes out."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -30,27 +30,47 @@ def _email(value: str) -> str:
 Email = Annotated[str, Field(max_length=320, json_schema_extra={"format": "email"}), AfterValidator(_email)]
 Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,64}$")]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
-# PostgreSQL text cannot hold NUL, so no text we store may contain it. Titles and names are checked as
-# sent (so the schema tells the truth) and stored without surrounding blanks.
+CurrentPassword = Annotated[str, Field(min_length=1, max_length=128)]
+# PostgreSQL text cannot hold NUL, so no text we store may contain it. Titles and names are one line
+# of text: no control character at all (a CR/LF in a name would break the email it goes into). They
+# are checked as sent (so the schema tells the truth) and stored without surrounding blanks.
 NO_NUL = r"^[^\x00]*$"
-SOME_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"  # no NUL, and something besides blanks
+SOME_TEXT = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"  # one line, something besides blanks
 Title = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=SOME_TEXT), AfterValidator(str.strip)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SOME_TEXT), AfterValidator(str.strip)]
 Description = Annotated[str, Field(max_length=10_000, pattern=NO_NUL)]
 SearchText = Annotated[str, Field(max_length=200, pattern=NO_NUL)]
 Limit = Annotated[int, Field(ge=1, le=100)]
+BIGINT_DIGITS = 18  # every 18-digit number fits in PostgreSQL's bigint
 
 
 def _iso_text(value: Any) -> Any:
-    """Dates come as ISO 8601 text, as the schema says; pydantic would also take numbers as timestamps."""
-    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
-        raise ValueError("expected an ISO 8601 date-time, e.g. 2030-01-31T09:00:00Z")
-    if isinstance(value, int | float):
+    """Dates come as ISO 8601 text, as the schema says; pydantic would also take numbers (-1e-9 too)
+    as timestamps."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
         raise ValueError("expected an ISO 8601 date-time, e.g. 2030-01-31T09:00:00Z")
     return value
 
 
-When = Annotated[AwareDatetime, BeforeValidator(_iso_text)]  # for query strings, which are never strict
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _storable(value: datetime) -> datetime:
+    """A moment PostgreSQL can hold, in UTC: 0001-01-01T00:00+14:00 is in year 0 in UTC, which neither
+    Python nor the database's driver can take."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date out of range: it must fall between the years 1 and 9999 in UTC") from None
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_storable)]  # a strict JSON body takes ISO 8601 text only
+When = Annotated[Moment, BeforeValidator(_iso_text)]  # for query strings, which are never strict
 Offset = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
@@ -104,11 +124,22 @@ class UserUpdate(Patch):
     email: Email | None = None
     username: Username | None = None
     password: Password | None = None
+    # Needed to change the email or the password: a stolen token alone cannot take the account over.
+    current_password: CurrentPassword | None = None
+
+
+class VerifyEmailQuery(BaseModel):
+    token: Annotated[str, Field(min_length=1, max_length=2000, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class PasswordConfirmation(Incoming):
+    current_password: CurrentPassword
 
 
 class _User(Outgoing):
     id: int
     email: str
+    email_verified_at: datetime | None  # mail goes to the address only once it is verified
     username: str
     is_active: bool
     is_admin: bool
@@ -124,6 +155,7 @@ class UserRecord(_User):
     cannot be sent where a UserPublic is expected: validating one as UserPublic drops the hash."""
 
     hashed_password: str
+    token_version: int
 
 
 class LoginForm(BaseModel):
@@ -181,7 +213,7 @@ class Priority(StrEnum):
 class TaskCreate(Incoming):
     title: Title
     description: Description | None = None
-    due_at: AwareDatetime | None = None  # a strict JSON body takes ISO 8601 text only
+    due_at: Moment | None = None
     priority: Priority = Priority.NORMAL
 
 
@@ -190,7 +222,7 @@ class TaskUpdate(Patch):
 
     title: Title | None = None
     description: Description | None = None
-    due_at: AwareDatetime | None = None  # a strict JSON body takes ISO 8601 text only
+    due_at: Moment | None = None
     priority: Priority | None = None
     status: TaskStatus | None = None
 
@@ -313,10 +345,17 @@ class JobQuery(Page):
 # The dashboard
 
 
+def _user_filter(value: str) -> str:
+    """A username, an email or a user id; digits (of any script) must make an id PostgreSQL can hold."""
+    if value.strip().isdigit() and not (value.strip().isascii() and len(value.strip()) <= BIGINT_DIGITS):
+        raise ValueError("not a user id: at most 18 digits 0-9")
+    return value
+
+
 class DashboardJobQuery(Page):
     name: Annotated[str, Field(max_length=64, pattern=NO_NUL)] | None = None
     state: JobState | None = None
-    user: Annotated[str, Field(max_length=320, pattern=NO_NUL)] | None = None  # a username, an email or a user id
+    user: Annotated[str, Field(max_length=320, pattern=NO_NUL), AfterValidator(_user_filter)] | None = None
     since: When | None = None
     until: When | None = None
     q: SearchText | None = None  # a job id, or text in its args or error

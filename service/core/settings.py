@@ -45,19 +45,25 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    public_url: str = "http://127.0.0.1:8000"  # where the API is reached: the base of the links in emails
     max_body_bytes: int = 64 * 1024
     # Every request is answered within this: 503 (Retry-After) when a dependency does not answer in time.
     request_timeout: float = Field(default=2.5, gt=0, le=300)
     redis_timeout: float = Field(default=1.0, gt=0, le=60)  # the API's Redis connect and command timeouts
+    # A client must send each request's line and headers within this (service.api.protocol).
+    header_timeout: float = Field(default=10.0, gt=0, le=300)
     db_pool_min: int = 0
     db_pool_max: int = 10
-    password_hash_concurrency: int = 2
+    password_hash_concurrency: int = 2  # password checks (logins) at a time, per API process
+    new_password_hash_concurrency: int = 1  # new passwords hashed (registrations, changes) at a time
     access_log: bool = True
     # Brute force: failed logins per account per 15 minutes, and login attempts per client IP per minute.
     login_failures_per_account: int = Field(default=10, ge=1)
     login_attempts_per_ip: int = Field(default=30, ge=1)
+    registrations_per_address_per_hour: int = Field(default=20, ge=1)
     # Jobs one user may submit per minute (429 beyond); 0 turns the quota off.
     enqueue_quota_per_minute: int = Field(default=600, ge=0)
+    enqueue_quota_per_address_per_minute: int = Field(default=1200, ge=0)  # all accounts of one address
     # Set (with the same value for every API process on a host) to serve all their HTTP metrics.
     prometheus_multiproc_dir: Path | None = None
 

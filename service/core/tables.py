@@ -33,6 +33,10 @@ users = sa.Table(
     sa.Column("hashed_password", sa.String(255), nullable=False),
     sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Mail goes only to a verified address; a new address is unverified until its link is followed.
+    sa.Column("email_verified_at", sa.DateTime(timezone=True), nullable=True),
+    # In every access token and dashboard session: raised on a password change, it refuses all older ones.
+    sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
     *_timestamps(),
     # Emails are stored lower-cased; usernames keep their case but are unique regardless of it.
     sa.Index("uq_users_username_lower", sa.text("lower(username)"), unique=True),
@@ -59,6 +63,8 @@ tasks = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, server_default="todo"),
     sa.Column("priority", sa.String(16), nullable=False, server_default="normal"),
     sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
+    # The due date the reminder cron last handed a reminder for (a moved due date earns a new one).
+    sa.Column("reminded_for", sa.DateTime(timezone=True), nullable=True),
     # The arq job that created the row: a re-run of that job hits this constraint instead of inserting twice.
     sa.Column("job_id", sa.String(128), nullable=True, unique=True),
     *_timestamps(),
@@ -66,6 +72,12 @@ tasks = sa.Table(
     sa.CheckConstraint("priority IN ('low', 'normal', 'high', 'urgent')", name="priority"),
     sa.Index("ix_tasks_owner_id", "owner_id", "id"),
     sa.Index("ix_tasks_open_due_at", "due_at", postgresql_where=sa.text("status <> 'done'")),
+    sa.Index(
+        "ix_tasks_due_unreminded",
+        "due_at",
+        "id",
+        postgresql_where=sa.text("due_at IS NOT NULL AND status <> 'done' AND reminded_for IS DISTINCT FROM due_at"),
+    ),
 )
 
 # One row per job accepted by the API or started by cron: outlives arq's result TTL.

@@ -1,6 +1,7 @@
 """`make run`: the servers, migrations, then the API (and its helpers) in the foreground until Ctrl-C."""
 
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -50,14 +51,22 @@ def dev_secret(settings: Settings) -> str:
 
 def child_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
     env = {**os.environ, **endpoints.as_env(), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("PUBLIC_URL", f"http://{settings.host}:{settings.port}")  # the links in emails
     if settings.jwt_secret is None:
         env["JWT_SECRET"] = dev_secret(settings)
     return env
 
 
+# As the Dockerfile runs it: a deadline on each request's head (service.api.protocol), idle kept-alive
+# connections closed after 5 s, and at most 2,000 connections at once (503 beyond, within the file
+# handles the runner raises its limit to).
+UVICORN_LIMITS = ["--http", "service.api.protocol:TimelyHttpProtocol", "--timeout-keep-alive", "5",
+                  "--limit-concurrency", "2000"]  # fmt: skip
+
+
 def api_command(settings: Settings) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+        sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", *UVICORN_LIMITS,
         "--host", settings.host, "--port", str(settings.port), "--timeout-graceful-shutdown", "5",
     ]  # fmt: skip
 
@@ -128,7 +137,17 @@ def banner(settings: Settings, endpoints: Endpoints, extra: list[str]) -> str:
     return "\n".join(lines)
 
 
+def raise_file_limit(wanted: int = 65536) -> None:
+    """Let this process and its children hold as many connections as the hard limit allows (the soft
+    limit is often 1,024: a few hundred slow clients would leave the API no file handle to accept with)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run(settings: Settings) -> int:
+    raise_file_limit()
     with provide(settings, start_embedded=True) as endpoints:
         migrate.upgrade(endpoints.database_url)
         env = child_env(settings, endpoints)

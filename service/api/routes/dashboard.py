@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from service.api.auth import authenticate, bearer_token, client_ip, user_for_token
+from service.api.auth import authenticate, bearer_token, client_ip, user_for_session, user_for_token
 from service.api.errors import Conflict, Forbidden, NotFound, Unauthorized
 from service.api.http import parse_form, parse_query
 from service.api.pages import STATIC, templates
@@ -45,14 +45,17 @@ async def admin(request: Request, *, changes_state: bool = False) -> UserRecord:
     CSRF header too); 401 without a valid one, 403 for a user who is not an admin."""
     state = app_state(request)
     token = bearer_token(request)
-    if token is None:
-        token = request.cookies.get(COOKIE)
-        if token is None:
+    if token is not None:
+        user = await user_for_token(state, token)
+    else:
+        session = request.cookies.get(COOKIE)
+        if session is None:
             raise Unauthorized()
         given = request.headers.get(CSRF_HEADER, "")
-        if changes_state and not hmac.compare_digest(given, csrf_token(state, token)):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+        if changes_state and not hmac.compare_digest(given.encode(), csrf_token(state, session).encode()):
             raise Forbidden("Missing or invalid CSRF token")
-    user = await user_for_token(state, token)
+        user = await user_for_session(state, session)
     if not user.is_admin:
         raise Forbidden("Administrator rights required")
     return user
@@ -80,8 +83,8 @@ async def login(request: Request) -> Response:
     response = RedirectResponse("/dashboard", status_code=303)
     response.set_cookie(
         COOKIE,
-        state.tokens.issue(user.id),
-        max_age=state.tokens.lifetime_seconds,
+        await state.sessions.start(user.id, user.token_version),  # a session, not an API token
+        max_age=state.sessions.lifetime_seconds,
         path="/dashboard",
         httponly=True,
         samesite="strict",
@@ -91,6 +94,8 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    if session := request.cookies.get(COOKIE):
+        await app_state(request).sessions.end(session)  # the cookie, kept or stolen, opens nothing now
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(COOKIE, path="/dashboard")
     return response

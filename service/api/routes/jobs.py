@@ -4,9 +4,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service.api.auth import current_user
+from service.api.auth import client_ip, current_user
 from service.api.background import accepted, own_job, within_quota
-from service.api.errors import Conflict
+from service.api.errors import Conflict, Forbidden
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
 from service.api.responses import respond
@@ -27,15 +27,19 @@ from service.core.schemas import (
 async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
     user = await current_user(request)
     state = app_state(request)
-    await within_quota(state, user)
+    await within_quota(state, user, client_ip(request))
     record = await state.dispatcher.submit(name=name, owner_id=user.id, args=args)
     return accepted(record, f"/jobs/{record.job_id}")
 
 
-@operation(summary="Email someone (demo job)", tag="jobs", body=SendEmailRequest, response=JobAccepted, status=202,
-           errors=(429,))  # fmt: skip
+@operation(summary="Email yourself the welcome message (demo job)", tag="jobs", body=SendEmailRequest,
+           response=JobAccepted, status=202, errors=(403, 429))  # fmt: skip
 async def send_email(request: Request) -> Response:
     data = await parse_body(request, SendEmailRequest)
+    user = await current_user(request)
+    # Mail goes only to an address its owner verified: the service never mails a stranger for a caller.
+    if data.recipient_email.lower() != user.email or user.email_verified_at is None:
+        raise Forbidden("Mail goes only to your own address, once you have verified it")
     return await _submit(request, "send_welcome_email", data.model_dump(mode="json"))
 
 

@@ -5,9 +5,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.auth import current_user
+from service.api.auth import client_ip, current_user
 from service.api.background import accepted, own_job, within_quota
-from service.api.errors import APIError, NotFound
+from service.api.errors import APIError, Forbidden, NotFound
 from service.api.http import parse_body
 from service.api.openapi import operation
 from service.api.owned import OwnedEndpoints
@@ -49,17 +49,19 @@ async def create_task(request: Request) -> Response:
     job_id = task_job_id(user.id, request.headers.get("idempotency-key"))
     args = {"owner_id": user.id, **data.model_dump(mode="json")}
     state = app_state(request)
-    await within_quota(state, user)
+    await within_quota(state, user, client_ip(request))
     record = await state.dispatcher.submit(name="process_new_task", owner_id=user.id, args=args, job_id=job_id)
     return accepted(record, _status_url(record.job_id))
 
 
 @operation(summary="Email yourself a reminder of a task", tag="tasks", response=JobAccepted, status=202,
-           errors=(404, 429))  # fmt: skip
+           errors=(403, 404, 429))  # fmt: skip
 async def remind(request: Request) -> Response:
     user = await current_user(request)
+    if user.email_verified_at is None:
+        raise Forbidden("Verify your email address first: follow the link in your welcome email")
     state = app_state(request)
-    await within_quota(state, user)
+    await within_quota(state, user, client_ip(request))
     task = await tasks.get(state.db, owner_id=user.id, row_id=request.path_params["id"])
     if task is None:
         raise NotFound("Task not found")

@@ -27,7 +27,7 @@ def _filters(query: DashboardJobQuery) -> list[sa.ColumnElement[bool]]:
     if query.user:
         who = query.user.strip().lower()
         match = sa.or_(sa.func.lower(users.c.username) == who, users.c.email == who)
-        filters.append(sa.or_(match, users.c.id == int(who)) if who.isdigit() else match)
+        filters.append(sa.or_(match, users.c.id == int(who)) if who.isascii() and who.isdigit() else match)
     if query.since:
         filters.append(jobs.c.enqueued_at >= query.since)
     if query.until:

@@ -70,8 +70,17 @@ async def list_users(db: Database, *, limit: int, offset: int) -> list[UserRecor
     return [_user(row) for row in await db.fetch_all(query)]
 
 
-async def update_user(db: Database, *, user_id: int, changes: Mapping[str, Any]) -> UserRecord | None:
-    query = users.update().where(users.c.id == user_id).values(**changes, updated_at=sa.func.now())
+async def update_user(
+    db: Database, *, user_id: int, changes: Mapping[str, Any], revoke_tokens: bool = False
+) -> UserRecord | None:
+    """Apply changes. revoke_tokens refuses every token and session issued before (a new password);
+    a new email is unverified until its link is followed."""
+    values: dict[str, Any] = {**changes, "updated_at": sa.func.now()}
+    if revoke_tokens:
+        values["token_version"] = users.c.token_version + 1
+    if "email" in changes:
+        values["email_verified_at"] = sa.case((users.c.email == changes["email"], users.c.email_verified_at))
+    query = users.update().where(users.c.id == user_id).values(**values)
     try:
         row = await db.fetch_one(query.returning(*users.c))
     except asyncpg.UniqueViolationError as exc:
@@ -86,3 +95,15 @@ async def delete_user(db: Database, *, user_id: int) -> bool:
 async def promote_admin(db: Database, *, email: str) -> bool:
     query = users.update().where(users.c.email == email.strip().lower()).values(is_admin=True, updated_at=sa.func.now())
     return await db.fetch_val(query.returning(users.c.id)) is not None
+
+
+async def verify_email(db: Database, *, user_id: int, email: str) -> UserRecord | None:
+    """Mark the user's email verified, if it is still this one; None otherwise."""
+    query = (
+        users.update()
+        .where(users.c.id == user_id, users.c.email == email)
+        .values(email_verified_at=sa.func.coalesce(users.c.email_verified_at, sa.func.now()))
+        .returning(*users.c)
+    )
+    row = await db.fetch_one(query)
+    return None if row is None else _user(row)
