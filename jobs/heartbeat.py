@@ -45,6 +45,8 @@ def describe(entry: CronJob) -> str:
     if set(given) == {"second"}:
         seconds = sorted(given["second"]) if isinstance(given["second"], set) else [given["second"]]
         return "every minute at " + ", ".join(f":{second:02d}" for second in seconds)
+    if set(given) == {"minute", "second"} and all(isinstance(given[name], int) for name in given):
+        return f"every hour at :{given['minute']:02d}:{given['second']:02d}"
     return ", ".join(f"{name} {value}" for name, value in given.items())
 
 

@@ -25,10 +25,10 @@ from jobs.heartbeat import WorkerStats, run_heartbeat
 from jobs.history import History
 from jobs.lifecycle import scheduled
 from jobs.reconcile import run_reconciler
-from jobs.reports import generate_report, long_running_calculation
+from jobs.reports import delete_old_reports, generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
 from service.core import jobcodec, keys
-from service.core.connections import open_database
+from service.core.connections import check_pool_fits, open_database
 from service.core.logs import configure_logging
 from service.core.settings import Settings
 
@@ -39,6 +39,7 @@ FUNCTIONS = [
     send_welcome_email,
     send_email_confirmation,
     send_task_reminder_email,
+    delete_old_reports,
     generate_report,
     long_running_calculation,
 ]
@@ -60,7 +61,10 @@ def scheduled_jobs(settings: Settings) -> list[CronJob]:
     Every worker schedules each run under the same job id, so exactly one of them runs it.
     """
     seconds = set(range(0, 60, settings.reminder_every_seconds))
-    return [scheduled(send_due_reminders, second=seconds, run_at_startup=True)]
+    return [
+        scheduled(send_due_reminders, second=seconds, run_at_startup=True),
+        scheduled(delete_old_reports, minute=17, second=0),  # hourly
+    ]
 
 
 class OutageRetry(Retry):
@@ -101,8 +105,10 @@ def resilient_redis(settings: Settings) -> RedisSettings:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    ctx["db"] = db = open_database(settings, max_size=settings.worker_max_jobs + 2)
+    # DB_POOL_MAX connections, shared by the worker's jobs (each holds one only while a statement runs).
+    ctx["db"] = db = open_database(settings)
     await db.connect()
+    await check_pool_fits(db, settings, process="worker")
     ctx["history"] = History(db, ctx["redis"])
     ctx["stats"] = stats = WorkerStats(queue=ctx["queue_name"])
     ctx["stopping"] = stopping = asyncio.Event()

@@ -18,7 +18,7 @@ from service.api.security import Passwords, Tokens
 from service.api.sessions import Sessions
 from service.api.state import AppState
 from service.api.throttle import Throttle
-from service.core.connections import open_database, open_redis
+from service.core.connections import check_pool_fits, open_database, open_redis
 from service.core.dispatch import Dispatcher
 from service.core.logs import configure_logging
 from service.core.queries.users import UserLookup
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         redis = open_redis(settings)
         await db.connect()
         try:
+            await check_pool_fits(db, settings, process="API")
             state = AppState(
                 settings=settings,
                 db=db,

@@ -35,6 +35,7 @@ from service.dev.servers import ensure_database
 from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
 
 TEST_SECRET = "test-secret-" + "x" * 40
+METRICS_TOKEN = "metrics-" + "m" * 32
 PASSWORD = "correct horse battery"
 DRAIN_TIMEOUT = 30  # seconds: a burst worker that has not emptied the queue by then is stuck
 
@@ -131,6 +132,7 @@ def settings(database_url: str, servers: Servers, mailbox: MailBox) -> Settings:
         database_url=database_url,
         redis_url=servers.redis_url,
         jwt_secret=TEST_SECRET,
+        metrics_token=METRICS_TOKEN,
         max_body_bytes=16 * 1024,
         smtp_port=mailbox.port,
         retry_base_seconds=0.05,

@@ -3,13 +3,18 @@
 import csv
 import io
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
 from databases import Database
+from redis.asyncio import Redis
 
+from jobs.worker import shutdown, startup
+from service.core.connections import PoolTooLarge, open_redis
+from service.core.dispatch import Dispatcher
 from service.core.settings import Settings
-from tests.conftest import api_client, drain
+from tests.conftest import METRICS_TOKEN, api_client, drain, login, register
 from tests.test_dashboard import csrf_of, make_admin
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
@@ -107,3 +112,85 @@ async def test_a_non_ascii_csrf_token_is_403(client: httpx.AsyncClient, db: Data
         await csrf_of(browser, "root")
         response = await browser.post("/dashboard/api/jobs/nothing/retry", headers={"X-CSRF-Token": "é".encode() * 32})
     assert response.status_code == 403
+
+
+async def test_metrics_want_their_token(settings: Settings) -> None:
+    async with api_client(settings) as client:
+        assert (await client.get("/metrics")).status_code == 403
+        assert (await client.get("/metrics", headers={"Authorization": "Bearer " + "x" * 40})).status_code == 403
+        assert (await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).status_code == 200
+    async with api_client(settings.model_copy(update={"metrics_token": None})) as client:
+        assert (await client.get("/metrics")).status_code == 403  # no token set: closed, outside development
+
+
+def test_an_empty_metrics_token_is_no_token() -> None:
+    assert Settings(jwt_secret="k" * 40, metrics_token="").metrics_token is None
+    with pytest.raises(ValueError, match="at least 16"):
+        Settings(jwt_secret="k" * 40, metrics_token="short")
+
+
+async def test_a_pool_postgresql_could_never_serve_is_refused_at_start(settings: Settings) -> None:
+    """The pen test: the API and two workers could open 114 connections, beyond max_connections (100)."""
+    with pytest.raises(PoolTooLarge, match="DB_POOL_MAX=100000 for one API process"):
+        async with api_client(settings.model_copy(update={"db_pool_max": 100_000})):
+            pass
+
+
+async def test_the_worker_pool_is_db_pool_max_not_one_per_job(settings: Settings) -> None:
+    worker_settings = settings.model_copy(update={"worker_max_jobs": 50, "db_pool_max": 7, "reconcile_seconds": 0})
+    ctx: dict[str, Any] = {"settings": worker_settings, "cron_jobs": [], "queue_name": "test", "redis": None}
+    ctx["redis"] = open_redis(worker_settings)
+    await startup(ctx)
+    try:
+        assert ctx["db"]._backend._pool._maxsize == 7  # what the pool really holds
+    finally:
+        await shutdown(ctx)
+        await ctx["redis"].aclose()
+
+
+async def test_item_and_task_writes_have_a_quota(settings: Settings, db: Database) -> None:
+    """The pen test wrote 1,000 items in 1.6 s."""
+    async with api_client(settings.model_copy(update={"write_quota_per_minute": 3})) as client:
+        await register(client, "wendy")
+        headers = await login(client, "wendy")
+        answers = [
+            (await client.post("/items", headers=headers, json={"title": f"i{n}"})).status_code for n in range(4)
+        ]
+        assert answers == [201, 201, 201, 429]
+        refused = await client.patch("/items/1", headers=headers, json={"title": "x"})
+    assert refused.status_code == 429 and "retry-after" in refused.headers
+
+
+async def test_a_report_stops_at_its_size_cap(
+    client: httpx.AsyncClient, db: Database, settings: Settings, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    for n in range(20):
+        await client.post("/tasks", headers=alice, json={"title": f"t{n}", "description": "d" * 500})
+    capped = settings.model_copy(update={"report_max_bytes": 4096})
+    await drain(capped)
+    job = (await client.post("/jobs/generate-report", headers=alice, json={})).json()
+    await drain(capped)
+    result = (await client.get(f"/jobs/{job['job_id']}", headers=alice)).json()["result"]
+    assert result["truncated"] is True and 0 < result["rows"] < 20
+    content = (await client.get(result["report_url"], headers=alice)).content
+    assert len(content) <= 4096
+    assert len(list(csv.reader(io.StringIO(content.decode())))) == result["rows"] + 1
+
+
+async def test_reports_are_deleted_after_their_retention(
+    client: httpx.AsyncClient, db: Database, redis: Redis, settings: Settings, make_user: MakeUser
+) -> None:
+    """The pen test: reports were never deleted (63 MB for 30)."""
+    alice = await make_user("alice")
+    urls = []
+    for _ in range(2):
+        job = (await client.post("/jobs/generate-report", headers=alice, json={})).json()
+        await drain(settings)
+        urls.append((await client.get(f"/jobs/{job['job_id']}", headers=alice)).json()["result"]["report_url"])
+    await db.execute("UPDATE reports SET created_at = now() - interval '8 days' WHERE id = :id",
+                     {"id": int(urls[0].rsplit("/", 1)[1])})  # fmt: skip
+    await Dispatcher(db, redis).submit(name="delete_old_reports", owner_id=None, args={})
+    await drain(settings)
+    assert (await client.get(urls[0], headers=alice)).status_code == 404
+    assert (await client.get(urls[1], headers=alice)).status_code == 200

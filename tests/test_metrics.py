@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.settings import Settings
-from tests.conftest import MailBox, background_worker, drain
+from tests.conftest import METRICS_TOKEN, MailBox, background_worker, drain
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
 # alice's own address, verified: the demo email goes to no one else.
@@ -14,7 +14,7 @@ OWN_ADDRESS = {"recipient_email": "alice@example.com", "username": "X"}
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
     samples = {}

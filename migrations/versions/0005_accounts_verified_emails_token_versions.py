@@ -1,4 +1,4 @@
-"""accounts: verified emails, token versions; tasks remember their reminder
+"""accounts: verified emails, token versions; tasks remember their reminder; reports by age
 
 Revision ID: 0005
 Revises: 0004
@@ -27,9 +27,11 @@ def upgrade() -> None:
         ["due_at", "id"],
         postgresql_where=sa.text("due_at IS NOT NULL AND status <> 'done' AND reminded_for IS DISTINCT FROM due_at"),
     )
+    op.create_index("ix_reports_created_at", "reports", ["created_at"])  # the retention cron deletes the oldest
 
 
 def downgrade() -> None:
+    op.drop_index("ix_reports_created_at", table_name="reports")
     op.drop_index("ix_tasks_due_unreminded", table_name="tasks")
     op.drop_column("tasks", "reminded_for")
     op.drop_column("users", "token_version")

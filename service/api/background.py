@@ -33,6 +33,12 @@ async def own_job(request: Request, user: UserRecord) -> JobRecord:
     return record
 
 
+async def within_write_quota(state: AppState, user: UserRecord) -> None:
+    """At most WRITE_QUOTA_PER_MINUTE item and task writes a minute per user (429 with Retry-After beyond)."""
+    if quota := state.settings.write_quota_per_minute:
+        await state.throttle.check(Limit("writes", quota, 60), str(user.id), "Too many changes this minute")
+
+
 async def within_quota(state: AppState, user: UserRecord, address: str) -> None:
     """At most ENQUEUE_QUOTA_PER_MINUTE jobs a minute per user, and ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE
     per client address, so that fresh accounts do not bring fresh quotas (429 with Retry-After beyond)."""

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.auth import current_user
+from service.api.background import within_write_quota
 from service.api.errors import NotFound
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
@@ -65,10 +66,11 @@ class OwnedEndpoints(Generic[M, Q]):
             return respond(row)
 
         @operation(
-            summary=f"Change one of your {noun}s", tag=tag, body=self.update_model, response=public, errors=(404,)
+            summary=f"Change one of your {noun}s", tag=tag, body=self.update_model, response=public, errors=(404, 429)
         )
         async def update(request: Request) -> Response:
             user = await current_user(request)
+            await within_write_quota(app_state(request), user)
             changes = (await parse_body(request, self.update_model)).changes()
             db, row_id = app_state(request).db, request.path_params["id"]
             if changes:
@@ -79,9 +81,10 @@ class OwnedEndpoints(Generic[M, Q]):
                 raise self._missing()
             return respond(row)
 
-        @operation(summary=f"Delete one of your {noun}s", tag=tag, status=204, errors=(404,))
+        @operation(summary=f"Delete one of your {noun}s", tag=tag, status=204, errors=(404, 429))
         async def delete(request: Request) -> Response:
             user = await current_user(request)
+            await within_write_quota(app_state(request), user)
             if not await store.delete(app_state(request).db, owner_id=user.id, row_id=request.path_params["id"]):
                 raise self._missing()
             return Response(status_code=204)

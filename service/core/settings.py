@@ -2,9 +2,9 @@
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # service/core/settings.py -> the checkout
@@ -64,8 +64,17 @@ class Settings(BaseSettings):
     # Jobs one user may submit per minute (429 beyond); 0 turns the quota off.
     enqueue_quota_per_minute: int = Field(default=600, ge=0)
     enqueue_quota_per_address_per_minute: int = Field(default=1200, ge=0)  # all accounts of one address
+    # Item and task writes (create, change, delete) one user may make per minute (0: no quota).
+    write_quota_per_minute: int = Field(default=300, ge=0)
+    report_retention_days: int = Field(default=7, ge=1, le=3650)  # reports are deleted after this
+    report_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)  # a report stops here, marked truncated
     # Set (with the same value for every API process on a host) to serve all their HTTP metrics.
     prometheus_multiproc_dir: Path | None = None
+    # /metrics wants `Authorization: Bearer <METRICS_TOKEN>`; unset, it answers only loopback clients in
+    # development (and no one otherwise).
+    metrics_token: Annotated[SecretStr | None, BeforeValidator(lambda value: value or None)] = Field(
+        default=None, min_length=16
+    )
 
     # The worker: see jobs/worker.py and the README's "Worker" section.
     worker_max_jobs: int = Field(default=50, ge=1, le=1000)

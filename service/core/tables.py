@@ -132,4 +132,5 @@ reports = sa.Table(
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_reports_created_at", "created_at"),  # the retention cron deletes the oldest
 )

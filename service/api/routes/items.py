@@ -3,6 +3,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.auth import current_user
+from service.api.background import within_write_quota
 from service.api.errors import NotFound
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
@@ -15,10 +16,11 @@ from service.core.schemas import ItemCreate, ItemPublic, ItemUpdate, Page
 endpoints = OwnedEndpoints(noun="item", tag="items", store=items, update_model=ItemUpdate, query_model=Page)
 
 
-@operation(summary="Create an item", tag="items", body=ItemCreate, response=ItemPublic, status=201)
+@operation(summary="Create an item", tag="items", body=ItemCreate, response=ItemPublic, status=201, errors=(429,))
 async def create_item(request: Request) -> Response:
     user = await current_user(request)
     data = await parse_body(request, ItemCreate)
+    await within_write_quota(app_state(request), user)
     item = await items.create(app_state(request).db, owner_id=user.id, values=data.model_dump())
     return respond(item, status_code=201)
 

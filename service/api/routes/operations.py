@@ -1,4 +1,5 @@
 import asyncio
+import hmac
 from collections.abc import Awaitable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -6,6 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.api.auth import bearer_token, client_ip
+from service.api.errors import Forbidden
 from service.api.metrics import Snapshot, job_families, process_registry
 from service.api.openapi import operation
 from service.api.responses import JSONResponse
@@ -13,8 +16,10 @@ from service.api.state import AppState, app_state
 from service.core import keys
 from service.core.queries import job_records
 from service.core.queuestats import live_workers, queue_stats
+from service.core.settings import Environment, Settings
 
 CHECK_TIMEOUT = 1.0
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
 @operation(summary="The process is alive", tag="operations", auth=False)
@@ -64,9 +69,20 @@ async def _job_gauges(state: AppState) -> dict[str, tuple[str, float]]:
     }
 
 
-@operation(summary="Prometheus metrics", tag="operations", auth=False, media_type=CONTENT_TYPE_LATEST)
+def _may_scrape(request: Request, settings: Settings) -> bool:
+    """With METRICS_TOKEN, the scraper's bearer token; without, a loopback client in development only."""
+    if settings.metrics_token is not None:
+        given = (bearer_token(request) or "").encode()
+        return hmac.compare_digest(given, settings.metrics_token.get_secret_value().encode())
+    return settings.env is Environment.DEVELOPMENT and client_ip(request) in LOOPBACK
+
+
+@operation(summary="Prometheus metrics (METRICS_TOKEN as a bearer token)", tag="operations", auth=False,
+           media_type=CONTENT_TYPE_LATEST, errors=(403,))  # fmt: skip
 async def metrics(request: Request) -> Response:
     state = app_state(request)
+    if not _may_scrape(request, state.settings):
+        raise Forbidden("Metrics need the METRICS_TOKEN bearer token")
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.METRICS_JOB_EVENTS)
         pipe.hgetall(keys.METRICS_JOB_DURATION)

@@ -1,5 +1,6 @@
 from typing import Any
 
+import sqlalchemy as sa
 from databases import Database
 from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import insert
@@ -36,3 +37,9 @@ async def save_report(db: Database, *, owner_id: int, job_id: str, filename: str
 async def get_report(db: Database, *, report_id: int, owner_id: int) -> Report | None:
     row = await db.fetch_one(reports.select().where(reports.c.id == report_id, reports.c.owner_id == owner_id))
     return None if row is None else _report(row)
+
+
+async def delete_reports_older_than(db: Database, *, days: int) -> int:
+    cutoff = sa.func.now() - sa.func.make_interval(0, 0, 0, days)
+    deleted = await db.fetch_all(reports.delete().where(reports.c.created_at < cutoff).returning(reports.c.id))
+    return len(deleted)
