@@ -17,6 +17,7 @@ from service.api.routes import all_routes
 from service.api.security import Passwords, Tokens
 from service.api.sessions import Sessions
 from service.api.state import AppState
+from service.api.streams import StreamHub
 from service.api.throttle import Throttle
 from service.core.connections import check_pool_fits, open_database, open_redis
 from service.core.dispatch import Dispatcher
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         db = open_database(settings)
         redis = open_redis(settings)
+        streams = StreamHub(redis, max_streams=settings.sse_max_streams, max_per_user=settings.sse_max_streams_per_user)
         await db.connect()
         try:
             await check_pool_fits(db, settings, process="API")
@@ -53,12 +55,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 users=UserLookup(db),
                 throttle=Throttle(redis),
                 sessions=Sessions(redis, lifetime_seconds=settings.jwt_expire_minutes * 60),
+                streams=streams,
             )
             # What startup built lives as long as the process: frozen, it is no longer walked by every
             # full garbage collection, whose pauses were most of POST /tasks' p99 (62 -> 20 ms).
             gc.freeze()
             yield {"app": state}
         finally:
+            await streams.close()
             await redis.aclose()
             await db.disconnect()
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from service.api.metrics import HttpMetrics
 from service.api.security import Passwords, Tokens
 from service.api.sessions import Sessions
+from service.api.streams import StreamHub
 from service.api.throttle import Throttle
 from service.core.dispatch import Dispatcher
 from service.core.queries.users import UserLookup
@@ -27,6 +28,7 @@ class AppState:
     users: UserLookup
     throttle: Throttle
     sessions: Sessions
+    streams: StreamHub
 
 
 def app_state(request: Request) -> AppState:

@@ -1,28 +1,19 @@
-"""Job status changes as Server-Sent Events: pushed by the worker over Redis pub/sub, checked against
-PostgreSQL whenever the channel is quiet (so a missed message costs a second, never the final state)."""
+"""Job status changes, announced: published on the job's Redis channel for live followers (the API's
+Server-Sent Events, service.api.streams) and counted in the metrics."""
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from databases import Database
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.core import keys
 from service.core.metrics import add_job_metrics
-from service.core.queries import job_records
 from service.core.schemas import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
-
-QUIET_RECHECK = 1.0  # seconds without a message before the row is read again
-KEEPALIVE_EVERY = 15  # quiet rechecks between keep-alive comments, which keep proxies from closing the stream
-
-
-def sse(status: JobStatus) -> bytes:
-    return b"event: status\ndata: " + status.model_dump_json().encode() + b"\n\n"
 
 
 class JobEvent(BaseModel):
@@ -44,7 +35,7 @@ class Announcement(NamedTuple):
 async def announce(redis: Redis, announcements: Sequence[Announcement]) -> None:
     """Publish each change and count its metric, all in one round trip.
 
-    Best effort: followers that miss a message find the change in PostgreSQL within QUIET_RECHECK.
+    Best effort: followers that miss a message find the change in PostgreSQL a few seconds later.
     """
     try:
         async with redis.pipeline(transaction=False) as pipe:
@@ -61,34 +52,3 @@ async def announce(redis: Redis, announcements: Sequence[Announcement]) -> None:
 async def publish(redis: Redis, record: JobRecord, *, metric: str | None = None, seconds: float | None = None) -> None:
     """Announce one change (see `announce`)."""
     await announce(redis, [Announcement(record, metric, seconds)])
-
-
-async def _read(db: Database, job_id: str) -> JobEvent | None:
-    record = await job_records.get(db, job_id=job_id)
-    return None if record is None else JobEvent(version=record.version, status=record.status())
-
-
-async def status_events(db: Database, redis: Redis, job_id: str) -> AsyncIterator[bytes]:
-    """One event per change of the job's status, ending after a final state."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.job_events(job_id))  # before the first read: no change can slip in between
-    try:
-        last_version = 0
-        quiet = 0
-        event = await _read(db, job_id)
-        while event is not None:
-            if event.version > last_version:
-                last_version = event.version
-                yield sse(event.status)
-                if event.status.state.is_final:
-                    return
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=QUIET_RECHECK)
-            if message is not None:
-                event = JobEvent.model_validate_json(message["data"])
-                continue
-            quiet += 1
-            if quiet % KEEPALIVE_EVERY == 0:
-                yield b": keep-alive\n\n"
-            event = await _read(db, job_id)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     enqueue_quota_per_address_per_minute: int = Field(default=1200, ge=0)  # all accounts of one address
     # Item and task writes (create, change, delete) one user may make per minute (0: no quota).
     write_quota_per_minute: int = Field(default=300, ge=0)
+    # Server-Sent Event streams open at once, per API process and per user (429 beyond).
+    sse_max_streams: int = Field(default=1000, ge=1)
+    sse_max_streams_per_user: int = Field(default=10, ge=1)
     report_retention_days: int = Field(default=7, ge=1, le=3650)  # reports are deleted after this
     report_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)  # a report stops here, marked truncated
     # Set (with the same value for every API process on a host) to serve all their HTTP metrics.

@@ -1,5 +1,7 @@
 """Background jobs: the demo jobs, the status of any job of yours, its live events, abort."""
 
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -11,8 +13,8 @@ from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
 from service.api.responses import respond
 from service.api.state import app_state
+from service.api.streams import status_events
 from service.core import dispatch
-from service.core.events import status_events
 from service.core.queries import job_records
 from service.core.schemas import (
     JobAccepted,
@@ -80,13 +82,22 @@ async def abort_job(request: Request) -> Response:
     return respond(revoked.status())
 
 
-@operation(summary="Your job's state and progress as Server-Sent Events", tag="jobs", errors=(404,), events=JobStatus)
+@operation(summary="Your job's state and progress as Server-Sent Events", tag="jobs", errors=(404, 429),
+           events=JobStatus)  # fmt: skip
 async def job_events(request: Request) -> Response:
-    record = await own_job(request, await current_user(request))
+    user = await current_user(request)
+    record = await own_job(request, user)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     state = app_state(request)
-    stream = status_events(state.db, state.redis, record.job_id)
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    state.streams.admit(user.id)  # 429 beyond the caps
+
+    async def stream() -> AsyncIterator[bytes]:
+        # Followed from the stream's first step to its last: a client gone early holds nothing.
+        async with state.streams.follow(record.job_id, user.id) as changes:
+            async for event in status_events(state.db, changes, record.job_id):
+                yield event
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
 routes = [
