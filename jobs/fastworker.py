@@ -45,19 +45,36 @@ from service.core.batching import Batcher
 log = logging.getLogger(__name__)
 
 
-# For each candidate: still queued and due, nobody running it -> take it (arq's in-progress key).
+# For each candidate: still queued and due, nobody running it -> take it (arq's in-progress key). The
+# candidates come in queue order; owners take turns (round robin): each owner's first job, then each
+# one's second, and so on, so that one user's backlog ahead of another's job does not delay it. A job
+# with no owner noted (cron runs, plain arq) is an owner of its own.
 CLAIM = """
 local now, ttl, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local claimed = {}
+local ids, owner_keys = {}, {}
 for i = 4, #ARGV do
-  if #claimed >= 2 * limit then break end
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[2] .. id) == 0 then
-    redis.call('PSETEX', KEYS[2] .. id, ttl, '1')
-    claimed[#claimed + 1] = id
-    claimed[#claimed + 1] = score
+  ids[#ids + 1] = ARGV[i]
+  owner_keys[#owner_keys + 1] = KEYS[3] .. ARGV[i]
+end
+if #ids == 0 then return {} end
+local owners = redis.call('MGET', unpack(owner_keys))
+local claimed, taken, seen = {}, {}, {}
+local unseen, turn = #ids, 1
+while unseen > 0 and #claimed < 2 * limit do
+  for i, id in ipairs(ids) do
+    local owner = owners[i] or ('job:' .. id)
+    if not seen[i] and (taken[owner] or 0) < turn and #claimed < 2 * limit then
+      seen[i], unseen = true, unseen - 1
+      local score = redis.call('ZSCORE', KEYS[1], id)
+      if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[2] .. id) == 0 then
+        redis.call('PSETEX', KEYS[2] .. id, ttl, '1')
+        claimed[#claimed + 1] = id
+        claimed[#claimed + 1] = score
+        taken[owner] = (taken[owner] or 0) + 1
+      end
+    end
   end
+  turn = turn + 1
 end
 return claimed
 """
@@ -137,7 +154,7 @@ class FastWorker(Worker):
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)  # EVALSHA, loading the script when Redis lacks it
         arguments: list[Any] = [timestamp_ms(), timeout_ms, free, *job_ids]
-        claimed = await self._claim(keys=[self.queue_name, in_progress_key_prefix], args=arguments)
+        claimed = await self._claim(keys=[self.queue_name, in_progress_key_prefix, keys.JOB_OWNER], args=arguments)
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             await self.sem.acquire()  # arq's own bookkeeping of running jobs, as in its start_jobs
             self.job_counter += 1
@@ -189,7 +206,7 @@ class FastWorker(Worker):
             if job.result_data:
                 expire = None if job.keep_result_forever else job.result_timeout_s
                 tr.set(result_key_prefix + job_id, job.result_data, px=to_ms(expire))
-            delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+            delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id, keys.JOB_OWNER + job_id]
             tr.zrem(abort_jobs_ss, job_id)
             tr.zrem(self.queue_name, job_id)
         elif job.incr_score:

@@ -9,6 +9,7 @@ Both take --burst, --check and --watch. Run at least one of each (`make run` doe
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -33,6 +34,7 @@ from service.core.logs import configure_logging
 from service.core.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 FUNCTIONS = [
     process_new_task,
@@ -111,6 +113,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     await check_pool_fits(db, settings, process="worker")
     ctx["history"] = History(db, ctx["redis"])
     ctx["stats"] = stats = WorkerStats(queue=ctx["queue_name"])
+    if ctx["queue_name"] == keys.SLOW_QUEUE and settings.user_slow_jobs_active >= settings.worker_max_jobs:
+        log.warning(
+            "USER_SLOW_JOBS_ACTIVE (%d) is not below WORKER_MAX_JOBS (%d): one user's slow jobs can take every"
+            " slot of this worker, and others wait for them", settings.user_slow_jobs_active, settings.worker_max_jobs,
+        )  # fmt: skip
     ctx["stopping"] = stopping = asyncio.Event()
     ctx["heartbeat"] = asyncio.create_task(run_heartbeat(ctx["redis"], stats, ctx["cron_jobs"], stopping))
     ctx["background"] = []

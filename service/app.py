@@ -20,7 +20,7 @@ from service.api.state import AppState
 from service.api.streams import StreamHub
 from service.api.throttle import Throttle
 from service.core.connections import check_pool_fits, open_database, open_redis
-from service.core.dispatch import Dispatcher
+from service.core.dispatch import Dispatcher, user_caps
 from service.core.logs import configure_logging
 from service.core.queries.users import UserLookup
 from service.core.settings import Settings
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 passwords=Passwords(settings.password_hash_concurrency, settings.new_password_hash_concurrency),
                 tokens=Tokens.from_settings(settings),
                 http_metrics=http_metrics,
-                dispatcher=Dispatcher(db, redis),
+                dispatcher=Dispatcher(db, redis, caps=user_caps(settings)),
                 users=UserLookup(db),
                 throttle=Throttle(redis),
                 sessions=Sessions(redis, lifetime_seconds=settings.jwt_expire_minutes * 60),

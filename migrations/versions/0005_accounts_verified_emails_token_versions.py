@@ -1,4 +1,4 @@
-"""accounts: verified emails, token versions; tasks remember their reminder; reports by age
+"""accounts: verified emails, token versions; tasks remember their reminder; reports by age; active jobs by owner
 
 Revision ID: 0005
 Revises: 0004
@@ -28,9 +28,17 @@ def upgrade() -> None:
         postgresql_where=sa.text("due_at IS NOT NULL AND status <> 'done' AND reminded_for IS DISTINCT FROM due_at"),
     )
     op.create_index("ix_reports_created_at", "reports", ["created_at"])  # the retention cron deletes the oldest
+    # Each user's active jobs per queue, counted at every submission (the fair-share cap).
+    op.create_index(
+        "ix_jobs_active_owner_queue",
+        "jobs",
+        ["owner_id", "queue_name"],
+        postgresql_where=sa.text("state IN ('PENDING', 'PROGRESS', 'RETRY', 'STARTED')"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_active_owner_queue", table_name="jobs")
     op.drop_index("ix_reports_created_at", table_name="reports")
     op.drop_index("ix_tasks_due_unreminded", table_name="tasks")
     op.drop_column("tasks", "reminded_for")

@@ -18,6 +18,7 @@ from service.core.errors import (
     AlreadyExists,
     DomainError,
     IdempotencyMismatch,
+    QueueFull,
     is_dependency_failure,
 )
 
@@ -96,13 +97,16 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 
 # The status of each refusal the core can raise; the message is the core's own.
-DOMAIN_STATUS: Mapping[type[DomainError], int] = MappingProxyType({AlreadyExists: 409, IdempotencyMismatch: 422})
+DOMAIN_STATUS: Mapping[type[DomainError], int] = MappingProxyType(
+    {AlreadyExists: 409, IdempotencyMismatch: 422, QueueFull: 429}
+)
 
 
 def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     status = next(code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind))
-    return JSONResponse({"detail": exc.message}, status_code=status)
+    headers = {"Retry-After": "5"} if status == 429 else None
+    return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
 
 
 def _dependency_error(request: Request, exc: Exception) -> Response:

@@ -20,13 +20,19 @@ from databases import Database
 
 from service.core import jobcodec, keys
 from service.core.batching import Batcher
-from service.core.errors import IdempotencyMismatch
+from service.core.errors import IdempotencyMismatch, QueueFull
 from service.core.events import publish
 from service.core.queries import job_records
 from service.core.requestid import request_id
 from service.core.schemas import JobRecord, JobState
+from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def user_caps(settings: Settings) -> dict[str, int]:
+    """The most jobs one user may have waiting or running on each queue: a fair share of the workers."""
+    return {keys.QUEUE: settings.user_jobs_active, keys.SLOW_QUEUE: settings.user_slow_jobs_active}
 
 
 class Dispatcher:
@@ -37,9 +43,10 @@ class Dispatcher:
     its PostgreSQL and Redis round trips with the others.
     """
 
-    def __init__(self, db: Database, redis: ArqRedis) -> None:
+    def __init__(self, db: Database, redis: ArqRedis, *, caps: Mapping[str, int] | None = None) -> None:
         self.db = db
         self.redis = redis
+        self.caps = caps or {}  # queue name -> the most active jobs one user may have on it
         self._rows = Batcher(self._accept_many)
         self._enqueues = Batcher(self._enqueue_many)
 
@@ -50,8 +57,10 @@ class Dispatcher:
         differently)."""
         job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
         record = await self._rows.submit(job)
-        if record is None:  # the job id was known already
+        if record is None:  # the job id was known already, or its owner has all the jobs they may have
             record = await _existing(self.db, job)
+            if record is None:
+                raise QueueFull()
         if not record.state.is_final:
             await self._enqueues.submit(record)
         return record
@@ -63,10 +72,10 @@ class Dispatcher:
     async def _accept_many(self, batch: list[dict[str, Any]]) -> Sequence[JobRecord | BaseException | None]:
         """Each job's new row, or None where its job id was known (or came earlier in the batch)."""
         try:
-            rows = await job_records.accept_many(self.db, batch)
+            rows = await job_records.accept_many(self.db, batch, self.caps)
         except asyncpg.IntegrityConstraintViolationError:
             # One bad row (its owner deleted meanwhile, say) fails the statement: each on its own instead.
-            return [await _accept_alone(self.db, job) for job in batch]
+            return [await _accept_alone(self.db, job, self.caps) for job in batch]
         return [rows.pop(job["job_id"], None) for job in batch]
 
 
@@ -81,18 +90,19 @@ def _new_job(*, name: str, owner_id: int | None, args: Mapping[str, Any], job_id
     }
 
 
-async def _accept_alone(db: Database, job: dict[str, Any]) -> JobRecord | BaseException | None:
+async def _accept_alone(db: Database, job: dict[str, Any], caps: Mapping[str, int]) -> JobRecord | BaseException | None:
     try:
-        created = await job_records.accept_many(db, [job])
+        created = await job_records.accept_many(db, [job], caps)
     except Exception as exc:  # for its caller alone
         return exc
     return created.get(job["job_id"])
 
 
-async def _existing(db: Database, job: dict[str, Any]) -> JobRecord:
-    """The job already recorded under this job's id, if it was asked the same way."""
+async def _existing(db: Database, job: dict[str, Any]) -> JobRecord | None:
+    """The job already recorded under this job's id, if it was asked the same way; None if there is none."""
     record = await job_records.get(db, job_id=job["job_id"])
-    assert record is not None  # the conflicting row exists: jobs are never deleted by job id
+    if record is None:
+        return None
     if (record.owner_id, record.name, record.args) != (job["owner_id"], job["name"], job["args"]):
         raise IdempotencyMismatch()
     return record
@@ -104,15 +114,19 @@ async def record_job(
     """The job's row alone, inside a caller's transaction; enqueue it once that commits."""
     job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
     created = await job_records.accept_many(db, [job])
-    return created.get(job["job_id"]) or await _existing(db, job)
+    record = created.get(job["job_id"]) or await _existing(db, job)
+    assert record is not None  # uncapped: created, or known already
+    return record
 
 
 # arq's enqueue_job, in one round trip instead of four (WATCH, EXISTS, MULTI ... EXEC): the same
-# keys and the same payload, so arq's workers and CLI see an ordinary arq job. It also counts the
-# job in the metrics and wakes the idle workers of its queue (jobs.fastworker).
+# keys and the same payload, so arq's workers and CLI see an ordinary arq job. It also notes the
+# job's owner beside it (the workers take turns between owners), counts the job in the metrics and
+# wakes the idle workers of its queue (jobs.fastworker).
 ENQUEUE = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[2])
+if ARGV[7] ~= '' then redis.call('PSETEX', KEYS[5], ARGV[3], ARGV[7]) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
 redis.call('PUBLISH', ARGV[6], '')
@@ -138,9 +152,11 @@ async def enqueue_many(pool: ArqRedis, batch: Sequence[tuple[JobRecord, int | No
             keys.ARQ_RESULT + record.job_id,
             record.queue_name,
             keys.METRICS_JOB_EVENTS,
+            keys.JOB_OWNER + record.job_id,
         ]
         script_args = [record.job_id, payload, expires_extra_ms, now, f"{record.name}|enqueued"]
-        calls.append((len(script_keys), *script_keys, *script_args, keys.wake(record.queue_name)))
+        owner = "" if record.owner_id is None else str(record.owner_id)
+        calls.append((len(script_keys), *script_keys, *script_args, keys.wake(record.queue_name), owner))
     try:
         missing = await _run_scripts(pool, calls)
         if missing:  # a new or restarted Redis: send the script itself, once

@@ -21,6 +21,12 @@ class AlreadyExists(DomainError):
     message = "Already exists"
 
 
+class QueueFull(DomainError):
+    """The user has as many jobs waiting or running on the queue as one user may."""
+
+    message = "You have as many jobs waiting or running as one user may: wait for some to finish"
+
+
 class IdempotencyMismatch(DomainError):
     message = "This Idempotency-Key was already used for a different request"
 

@@ -27,6 +27,7 @@ THROTTLE = PREFIX + "throttle:"  # + rule + ":" + subject: a counter for the rul
 SESSION = PREFIX + "session:"  # + session id: "user id:token version", a dashboard login, expiring
 RECONCILER_LOCK = PREFIX + "reconciler"  # held by the one worker reconciling at a time
 
+JOB_OWNER = PREFIX + "owner:"  # + job id: the id of the user who submitted it, while it is queued (fair share)
 JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change
 
 METRICS_JOB_EVENTS = PREFIX + "metrics:job-events"  # hash "name|event" -> count, for every process

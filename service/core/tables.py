@@ -107,6 +107,13 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state_enqueued_at", "state", "enqueued_at"),
     sa.Index("ix_jobs_name_enqueued_at", "name", "enqueued_at"),
     sa.Index("ix_jobs_finished_at", "finished_at", postgresql_where=sa.text("finished_at IS NOT NULL")),
+    # Each user's active jobs per queue, counted at every submission (the fair-share cap).
+    sa.Index(
+        "ix_jobs_active_owner_queue",
+        "owner_id",
+        "queue_name",
+        postgresql_where=sa.text("state IN ('PENDING', 'PROGRESS', 'RETRY', 'STARTED')"),
+    ),
 )
 
 # Each email is claimed here before it is sent, so that a job run twice sends it once.

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from service.dev import migrate
 from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.dev.runner import UVICORN_LIMITS
 from service.dev.servers import ensure_database
 from tests.conftest import PASSWORD, TEST_SECRET, MailBox
 from tests.processes import PROJECT_DIR, Proc, clean_env, python, start, wait_http
@@ -71,11 +72,16 @@ class Cluster:
             REDIS_URL=self.valkey.url,
             JWT_SECRET=TEST_SECRET,
             SMTP_PORT=str(self.mail.port),
+            # Faults are measured here, not quotas: one client submits thousands of tasks at once.
             ENQUEUE_QUOTA_PER_MINUTE="0",
+            ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE="0",
+            USER_JOBS_ACTIVE="1000000",
             ACCESS_LOG="false",
             **self.env_overrides,
         )
-        uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(self.port))
+        # As `make run` serves it: the request-head deadline and uvicorn's limits.
+        app = ("service.app:create_app", "--port", str(self.port), *UVICORN_LIMITS)
+        uvicorn = python("-m", "uvicorn", "--factory", *app)
         self.api = start(uvicorn, self.env, self.base / "api.log")
         wait_http(f"{self.base_url}/readyz", self.api)
 

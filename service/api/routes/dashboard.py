@@ -26,6 +26,7 @@ from service.api.responses import JSONResponse, respond
 from service.api.state import AppState, app_state
 from service.api.throttle import TooManyRequests
 from service.core import dispatch, keys
+from service.core.dispatch import user_caps
 from service.core.queries import dashboard
 from service.core.queuestats import live_workers, queue_stats
 from service.core.schemas import DashboardJobQuery, JobState, LoginForm, UserRecord
@@ -155,8 +156,15 @@ async def overview(request: Request) -> Response:
         "running": [job.model_dump(mode="json") for job in await dashboard.running_jobs(state.db)],
         "throughput": await dashboard.throughput(state.db, since=hour_ago),
         "durations": await dashboard.durations(state.db, since=hour_ago),
+        "share": await _share(state),
     }
     return JSONResponse(body)
+
+
+async def _share(state: AppState) -> list[dict[str, Any]]:
+    """Who holds the most of each queue's fair share (USER_JOBS_ACTIVE, USER_SLOW_JOBS_ACTIVE)."""
+    caps = user_caps(state.settings)
+    return [{**row, "cap": caps.get(row["queue_name"])} for row in await dashboard.fair_share(state.db)]
 
 
 async def search(request: Request) -> Response:

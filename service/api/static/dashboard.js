@@ -141,6 +141,10 @@ async function refreshOverview() {
       el("td", {}, `${w.host} `, el("code", {}, `pid ${w.pid}`)), el("td", {}, ago(w.uptime)),
       el("td", {}, w.complete), el("td", {}, w.failed), el("td", {}, w.retried), el("td", {}, w.ongoing),
       el("td", {}, `${ago(w.seen_ago)} ago`))), "workers-empty");
+  fill("share", data.share.map((s) =>
+    el("tr", { "data-user": s.username },
+      el("td", {}, s.username), el("td", {}, el("code", {}, s.queue_name)),
+      el("td", {}, `${s.active} of ${s.cap}`))), "share-empty");
   $("#cron tbody").replaceChildren(...data.cron.map((c) =>
     el("tr", {},
       el("td", {}, c.name), el("td", {}, c.schedule),

@@ -8,7 +8,7 @@ from databases import Database
 from sqlalchemy.dialects.postgresql import distinct_on
 
 from service.core.queries.rows import as_dict
-from service.core.schemas import DashboardJob, DashboardJobQuery, JobState
+from service.core.schemas import ACTIVE_STATES, DashboardJob, DashboardJobQuery, JobState
 from service.core.tables import jobs, users
 
 _WITH_OWNER = jobs.outerjoin(users, users.c.id == jobs.c.owner_id)
@@ -117,3 +117,17 @@ async def last_runs(db: Database, *, names: list[str]) -> dict[str, dict[str, An
         .order_by(jobs.c.name, jobs.c.started_at.desc())
     )
     return {row["name"]: {"state": row["state"], "started_at": row["started_at"]} for row in await db.fetch_all(latest)}
+
+
+async def fair_share(db: Database, *, limit: int = 10) -> list[dict[str, Any]]:
+    """The users with the most jobs waiting or running, per queue (ix_jobs_active_owner_queue)."""
+    active = jobs.c.state.in_([state.value for state in ACTIVE_STATES])
+    query = (
+        sa.select(users.c.username, jobs.c.queue_name, sa.func.count().label("active"))
+        .select_from(jobs.join(users, users.c.id == jobs.c.owner_id))
+        .where(active)
+        .group_by(users.c.username, jobs.c.queue_name)
+        .order_by(sa.func.count().desc(), users.c.username)
+        .limit(limit)
+    )
+    return [as_dict(row) for row in await db.fetch_all(query)]

@@ -5,6 +5,7 @@ duplicate update from a re-run or a racing worker cannot turn a REVOKED or SUCCE
 """
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -121,9 +122,27 @@ FROM unnest($1::varchar[], $2::jsonb[]) AS done(job_id, result)
 WHERE jobs.job_id = done.job_id AND jobs.state IN ({_ACTIVE_SQL})
 RETURNING jobs.*
 """
-_ACCEPT_MANY = """
+# A user may hold at most `cap` active jobs on a queue (caps: queue name -> cap; none for unowned jobs):
+# the rows past that are left out, as are job ids known already.
+_ACCEPT_MANY = f"""
+WITH incoming AS (
+    SELECT i.*, row_number() OVER (PARTITION BY i.owner_id, i.queue_name ORDER BY i.ord) AS nth
+    FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[])
+        WITH ORDINALITY AS i(job_id, name, queue_name, owner_id, args, request_id, ord)
+),
+caps AS (SELECT * FROM unnest($7::varchar[], $8::integer[]) AS c(queue_name, cap)),
+active AS (
+    SELECT owner_id, queue_name, count(*) AS n FROM jobs
+    WHERE state IN ({_ACTIVE_SQL}) AND (owner_id, queue_name) IN (SELECT owner_id, queue_name FROM incoming)
+    GROUP BY owner_id, queue_name
+)
 INSERT INTO jobs (job_id, name, queue_name, owner_id, args, request_id)
-SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[])
+SELECT i.job_id, i.name, i.queue_name, i.owner_id, i.args, i.request_id
+FROM incoming i
+LEFT JOIN caps c ON c.queue_name = i.queue_name
+LEFT JOIN active a ON a.owner_id = i.owner_id AND a.queue_name = i.queue_name
+WHERE i.owner_id IS NULL OR c.cap IS NULL OR coalesce(a.n, 0) + i.nth <= c.cap
+ORDER BY i.ord
 ON CONFLICT (job_id) DO NOTHING
 RETURNING jobs.*
 """
@@ -136,16 +155,23 @@ async def _many(db: Database, sql: str, *columns: list[Any]) -> dict[str, JobRec
     return {record["job_id"]: JobRecord.model_validate(decoded(record, _JSON_COLUMNS)) for record in records}
 
 
-async def accept_many(db: Database, accepted: list[dict[str, Any]]) -> dict[str, JobRecord]:
+async def accept_many(
+    db: Database, accepted: list[dict[str, Any]], caps: Mapping[str, int] | None = None
+) -> dict[str, JobRecord]:
     """Record accepted jobs as PENDING, in one statement (joining the caller's transaction, if any):
-    the rows it created, by job id; a job id known already is left out."""
+    the rows it created, by job id. Left out: a job id known already, and a job past its owner's cap
+    of active jobs on its queue (caps: queue name -> cap)."""
+    caps = caps or {}
     return await _many(
         db,
         _ACCEPT_MANY,
         *([job[column] for job in accepted] for column in ("job_id", "name", "queue_name", "owner_id")),
         [orjson.dumps(job["args"]).decode() for job in accepted],
         [job["request_id"] for job in accepted],
+        list(caps),
+        list(caps.values()),
     )
+
 
 
 async def start_many(db: Database, started: list[dict[str, Any]]) -> dict[str, JobRecord]:
