@@ -173,7 +173,6 @@ async def accept_many(
     )
 
 
-
 async def start_many(db: Database, started: list[dict[str, Any]]) -> dict[str, JobRecord]:
     """`start` for many jobs in one statement (each job at most once); jobs already final are left out."""
     return await _many(
