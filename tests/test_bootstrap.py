@@ -1,7 +1,10 @@
 """`make run`'s bootstrap as a new user meets it: embedded servers, Ctrl-C, a SIGKILL, a bad URL."""
 
+import contextlib
+import random
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,20 @@ from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wai
 pytestmark = pytest.mark.e2e
 
 
+def fixed_port() -> int:
+    """A free port below the kernel's ephemeral range, as 8000 and 1025 are: the embedded servers that
+    `make run` starts pick ephemeral ports (free_port), which could otherwise land on the API's port
+    between two runs that reuse it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 10_000), low), 200):
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def _run(data_dir: Path, port: int, log: Path) -> Proc:
-    env = clean_env(EMBEDDED_SERVERS="always", DATA_DIR=str(data_dir), PORT=str(port), SMTP_PORT=str(free_port()))
+    env = clean_env(EMBEDDED_SERVERS="always", DATA_DIR=str(data_dir), PORT=str(port), SMTP_PORT=str(fixed_port()))
     return start(python("-m", "service", "run"), env, log)
 
 
@@ -66,7 +81,7 @@ def _create_task_and_get_reminded(base: str, run: Proc) -> None:
 
 
 def test_run_serves_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
-    port = free_port()
+    port = fixed_port()
     base = f"http://127.0.0.1:{port}"
     with stopped_at_exit(_run(tmp_path / "data", port, tmp_path / "run1.log")) as run:
         wait_http(f"{base}/readyz", run)
@@ -87,7 +102,7 @@ def test_run_serves_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("victim", ["group", "runner"])
 def test_run_recovers_after_sigkill(tmp_path: Path, victim: str) -> None:
-    port = free_port()
+    port = fixed_port()
     base = f"http://127.0.0.1:{port}"
     with stopped_at_exit(_run(tmp_path / "data", port, tmp_path / "run1.log")) as run:
         wait_http(f"{base}/readyz", run)

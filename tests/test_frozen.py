@@ -129,7 +129,9 @@ async def test_jobs_that_meet_a_frozen_postgres_keep_their_tries(
     with contextlib.ExitStack() as freeze:
         freeze.enter_context(frozen(_pid(own_servers[0])))
         async with background_worker(own_settings) as worker:
-            await asyncio.sleep(4)  # the worker takes the jobs and fails to reach PostgreSQL, again and again
+            # The worker's start waits 3 s for PostgreSQL (its pool check), then takes the jobs and fails
+            # to reach PostgreSQL, again and again.
+            await asyncio.sleep(7)
             freeze.close()  # thawed, with the worker still running
             await _until_final(client, headers, job_id)
             jobs = await _when_all_final(own_settings)

@@ -2,6 +2,7 @@
 HEADER_TIMEOUT, and meanwhile everyone else is answered at once. Real uvicorn, run as `make run` does."""
 
 import asyncio
+import resource
 import time
 from pathlib import Path
 
@@ -39,6 +40,8 @@ async def _dribble(port: int, seconds: float) -> float | None:
 
 
 async def test_slow_clients_are_dropped_and_others_answered_meanwhile(settings: Settings, tmp_path: Path) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # 500 sockets here, 500 in uvicorn
     port = free_port()
     env = clean_env(
         DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url, JWT_SECRET=TEST_SECRET, HEADER_TIMEOUT="1"
