@@ -29,7 +29,7 @@ from jobs.reconcile import run_reconciler
 from jobs.reports import delete_old_reports, generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
 from service.core import jobcodec, keys
-from service.core.connections import check_pool_fits, open_database
+from service.core.connections import check_pool_fits, open_database, redis_credentials
 from service.core.logs import configure_logging
 from service.core.settings import Settings
 
@@ -99,6 +99,19 @@ class OutageRetry(Retry):
 
 
 def resilient_redis(settings: Settings) -> RedisSettings:
+    """arq's settings for Redis: REDIS_URL's server, or the primary the sentinels name (REDIS_SENTINELS),
+    which arq's CLI (--check, --burst) follows too."""
+    if settings.redis_sentinels:
+        credentials = redis_credentials(settings)
+        return RedisSettings(
+            host=settings.sentinel_hosts,
+            sentinel=True,
+            sentinel_master=settings.redis_sentinel_master,
+            database=credentials["db"],
+            username=credentials["username"],
+            password=credentials["password"],
+            conn_retries=30,
+        )
     redis = RedisSettings.from_dsn(settings.redis_url)
     redis.conn_retries = 30  # at start: wait up to half a minute for Redis
     redis.retry = OutageRetry(window=5.0)

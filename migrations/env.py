@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.core.dsn import PostgresDSN
 from service.core.settings import Settings
 from service.core.tables import metadata
 
@@ -18,7 +19,7 @@ config = context.config
 
 def _async_url() -> str:
     url = config.attributes.get("database_url") or Settings().database_url
-    return sa.make_url(url).set(drivername="postgresql+asyncpg", query={}).render_as_string(hide_password=False)
+    return PostgresDSN.parse(url).for_sqlalchemy().render_as_string(hide_password=False)
 
 
 def _run(connection: Connection) -> None:

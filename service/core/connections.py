@@ -2,13 +2,17 @@
 
 import asyncio
 import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from arq.connections import ArqRedis
 from databases import Database
 from redis.asyncio import ConnectionPool
+from redis.asyncio.sentinel import Sentinel
 
 from service.core import jobcodec
+from service.core.dsn import PostgresDSN
 from service.core.errors import DEPENDENCY_ERRORS
 from service.core.settings import Settings
 
@@ -25,8 +29,11 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 def open_database(settings: Settings, *, max_size: int | None = None) -> Database:
     # min_size 0 by default: the app starts (and /readyz answers 503) while PostgreSQL is down;
     # connections open on demand.
+    # Several hosts (a primary and its standby) reach asyncpg as options: `databases` reads one host.
+    url, hosts = PostgresDSN.parse(settings.database_url).for_databases()
     return Database(
-        settings.database_url,
+        url,
+        **hosts,
         min_size=min(settings.db_pool_min, max_size or settings.db_pool_max),
         max_size=max_size or settings.db_pool_max,
         timeout=settings.db_connect_timeout,
@@ -75,11 +82,24 @@ async def check_pool_fits(db: Database, settings: Settings, *, process: str) -> 
 
 
 def open_redis(settings: Settings) -> ArqRedis:
-    # Not arq's create_pool, which pings at creation and so would not start while Redis is down.
-    # Bounded: a Redis that does not answer (frozen, or its host gone) fails a command within
-    # redis_timeout, well inside the API's request deadline, instead of holding the request.
+    """The Redis primary: REDIS_URL's server, or the one the sentinels (REDIS_SENTINELS) name, followed
+    through failovers. Not arq's create_pool, which pings at creation and so would not start while
+    Redis is down. Bounded: a Redis that does not answer (frozen, or its host gone) fails a command
+    within redis_timeout, well inside the API's request deadline, instead of holding the request."""
     timeout = settings.redis_timeout
-    pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout, health_check_interval=30
-    )
-    return ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)
+    bounded: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    if not settings.redis_sentinels:
+        pool = ConnectionPool.from_url(settings.redis_url, health_check_interval=30, **bounded)
+        return ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)
+    credentials = redis_credentials(settings)
+    sentinel = Sentinel(settings.sentinel_hosts, sentinel_kwargs=bounded, **credentials, **bounded)  # type: ignore[no-untyped-call]
+    redis: ArqRedis = sentinel.master_for(settings.redis_sentinel_master, redis_class=ArqRedis)
+    redis.job_serializer, redis.job_deserializer = jobcodec.serialize, jobcodec.deserialize
+    return redis
+
+
+def redis_credentials(settings: Settings) -> dict[str, Any]:
+    """The database number and credentials REDIS_URL gives, for connections the sentinels point to."""
+    parts = urlsplit(settings.redis_url)
+    database = parse_qs(parts.query).get("db", [parts.path.lstrip("/") or "0"])[0]
+    return {"db": int(database), "username": parts.username or None, "password": parts.password or None}

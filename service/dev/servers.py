@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import redis.asyncio as aioredis
-import sqlalchemy as sa
 
+from service.core.connections import open_redis
+from service.core.dsn import PostgresDSN
 from service.core.settings import EmbeddedMode, Settings
 from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey
 
@@ -68,9 +69,21 @@ async def redis_problem(url: str) -> str | None:
     return None
 
 
+async def sentinel_problem(settings: Settings) -> str | None:
+    """None when the primary the sentinels name answers PING, else why not."""
+    client = open_redis(settings)
+    try:
+        await client.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        await client.aclose()
+    return None
+
+
 async def ensure_database(url: str) -> None:
     """Create the database named in url if the server does not have it yet."""
-    name = sa.make_url(url).database
+    name = PostgresDSN.parse(url).database
     conn = await asyncpg.connect(_server_url(url), timeout=PROBE_TIMEOUT)
     try:
         if name and not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -82,9 +95,8 @@ async def ensure_database(url: str) -> None:
 
 
 def _server_url(url: str) -> str:
-    """The maintenance database on the same server, reachable before ours exists; plain asyncpg form."""
-    parsed = sa.make_url(url).set(drivername="postgresql", database="postgres")
-    return parsed.render_as_string(hide_password=False)
+    """The maintenance database on the same server(s), reachable before ours exists; asyncpg's form."""
+    return str(PostgresDSN.parse(url).with_database("postgres"))
 
 
 def runtime_env_file(settings: Settings) -> Path:
@@ -163,12 +175,20 @@ class ServerSet(contextlib.ExitStack):
         return endpoints
 
     def _explicit(self, kind: _Kind) -> bool:
-        return kind.variable.lower() in self.settings.model_fields_set
+        sentinels = kind is REDIS and self.settings.redis_sentinels is not None
+        return sentinels or kind.variable.lower() in self.settings.model_fields_set
 
     def _check(self, kind: _Kind) -> None:
         """The URL the user set: that server, or a clear error; never a fallback behind their back."""
         url: str = getattr(self.settings, kind.variable.lower())
-        if problem := _probe(kind, url):
+        if kind is REDIS and self.settings.redis_sentinels:
+            if problem := asyncio.run(sentinel_problem(self.settings)):
+                raise ServerNotFound(
+                    f"Cannot reach the Redis primary {self.settings.redis_sentinel_master!r} through the sentinels"
+                    f" {self.settings.redis_sentinels} ({problem}). REDIS_SENTINELS is set in your environment:"
+                    " start them, correct the list, or unset REDIS_SENTINELS."
+                )
+        elif problem := _probe(kind, url):
             raise ServerNotFound(_missing_message(kind, url, problem, explicit=True))
 
     def _resolve(self, kind: _Kind) -> str:
@@ -211,8 +231,8 @@ class ServerSet(contextlib.ExitStack):
 
 def _with_database(url: str, configured_url: str) -> str:
     """url, naming the database that the configured URL names (embedded servers only have `postgres`)."""
-    database = sa.make_url(configured_url).database or "taskmanager"
-    return sa.make_url(url).set(database=database).render_as_string(hide_password=False)
+    database = PostgresDSN.parse(configured_url).database or "taskmanager"
+    return str(PostgresDSN.parse(url).with_database(database))
 
 
 @contextlib.contextmanager
