@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import aiosmtplib
 
+from jobs.smtp import EmailInFlight
 from service.core.errors import is_dependency_failure
 
 
@@ -19,6 +20,8 @@ def is_transient(error: BaseException) -> bool:
     disconnect and timeout errors."""
     if isinstance(error, PermanentError):
         return False
+    if isinstance(error, EmailInFlight):
+        return True
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return 400 <= error.code < 500  # SMTP 4xx: "try again later"; 5xx: refused for good
     return is_dependency_failure(error)

@@ -1,5 +1,7 @@
 """Sending email over SMTP (aiosmtplib), at most once per key even when a job runs twice."""
 
+import asyncio
+import contextlib
 import logging
 from email.message import EmailMessage
 
@@ -25,16 +27,33 @@ async def send(settings: Settings, email: EmailMessage) -> None:
     await aiosmtplib.send(email, hostname=settings.smtp_host, port=settings.smtp_port, timeout=settings.smtp_timeout)
 
 
+NOT_DELIVERED = (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPResponseException, ConnectionRefusedError)
+
+
+class EmailInFlight(Exception):
+    """Another run holds the email's claim and may be sending it: try again once its lease has passed."""
+
+
 async def send_once(ctx: JobContext, *, key: str, to: str, subject: str, body: str) -> bool:
-    """Send unless a run before this one did (True if sent now).
+    """Send unless a run before this one did (True if sent now, False if it was sent before).
 
     What remains of "twice": a send that succeeded but whose mark failed (PostgreSQL lost between
-    the two statements) is sent again by the next run, once the claim's lease has passed.
+    the two statements) is sent again by a later run, once the claim's lease has passed.
     """
     settings, db = ctx["settings"], ctx["db"]
-    if not await emails.claim(db, key=key, recipient=to, subject=subject, job_id=ctx["job_id"]):
-        log.info("email %s was sent before (or is being sent); not sending it again", key)
-        return False
-    await send(settings, message(settings, to=to, subject=subject, body=body))
+    run = f"{ctx['job_id']}#{ctx['job_try']}"
+    if not await emails.claim(db, key=key, recipient=to, subject=subject, job_id=run):
+        if await emails.was_sent(db, key=key):
+            log.info("email %s was sent before; not sending it again", key)
+            return False
+        raise EmailInFlight(f"email {key} is being sent by another run; trying again after its lease")
+    try:
+        await send(settings, message(settings, to=to, subject=subject, body=body))
+    except NOT_DELIVERED:
+        # The server refused, or was never reached: nothing went out, so the next try need not wait for
+        # the lease. After a timeout or a lost connection the message may have gone: the claim stays.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(emails.release(db, key=key, job_id=run))
+        raise
     await emails.mark_sent(db, key=key)
     return True

@@ -1,4 +1,8 @@
-"""Email claims: each email is claimed before it is sent and marked after, so a re-run sends it once."""
+"""Email claims: each email is claimed before it is sent and marked after, so a re-run sends it once.
+
+A claim belongs to one run of a job (its job id and try): another run, even of the same job (a worker
+cut off the network, its job run again elsewhere), waits for the claim to be marked sent, released, or
+to outlive its lease; the run that made it may still be sending."""
 
 import sqlalchemy as sa
 from databases import Database
@@ -10,7 +14,8 @@ CLAIM_LEASE = "2 minutes"  # a claim older than this, never marked sent, was los
 
 
 async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id: str) -> bool:
-    """True if this job may send the email named key: nobody sent it, and no live claim holds it."""
+    """True if this run (job_id: the job's id and try) may send the email named key: nobody sent it, and
+    no live claim of another run holds it."""
     query = (
         insert(emails)
         .values(key=key, recipient=recipient, subject=subject, job_id=job_id)
@@ -32,3 +37,17 @@ async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id:
 
 async def mark_sent(db: Database, *, key: str) -> None:
     await db.execute(emails.update().where(emails.c.key == key).values(sent_at=sa.func.now()))
+
+
+async def release(db: Database, *, key: str, job_id: str) -> None:
+    """Give up this run's claim (its send failed): the next run may claim at once."""
+    query = (
+        emails.update()
+        .where(emails.c.key == key, emails.c.job_id == job_id, emails.c.sent_at.is_(None))
+        .values(claimed_at=sa.func.to_timestamp(0))
+    )
+    await db.execute(query)
+
+
+async def was_sent(db: Database, *, key: str) -> bool:
+    return await db.fetch_val(sa.select(emails.c.sent_at).where(emails.c.key == key)) is not None

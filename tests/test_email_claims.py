@@ -1,0 +1,39 @@
+"""An email's claim belongs to one run of a job: a second run of the same job (the first one's worker cut
+off, the job run again elsewhere) neither sends it again nor gives up on it."""
+
+from typing import Any
+
+import pytest
+from databases import Database
+
+from jobs.smtp import EmailInFlight, send_once
+from service.core.queries import emails
+from service.core.settings import Settings
+from tests.conftest import MailBox
+
+
+def _run(db: Database, settings: Settings, job_try: int) -> Any:
+    return {"db": db, "settings": settings, "job_id": "job-1", "job_try": job_try}
+
+
+async def test_a_second_run_waits_for_the_first_runs_claim(db: Database, settings: Settings, mail: MailBox) -> None:
+    message = {"key": "k1", "to": "a@example.com", "subject": "s", "body": "b"}
+    # The first run claimed the email and is still sending it (its worker cut off, say).
+    assert await emails.claim(db, key="k1", recipient="a@example.com", subject="s", job_id="job-1#1")
+    with pytest.raises(EmailInFlight):
+        await send_once(_run(db, settings, 2), **message)
+    assert mail.messages == []
+    await emails.mark_sent(db, key="k1")  # the first run got through after all
+    assert await send_once(_run(db, settings, 3), **message) is False
+    assert mail.messages == []
+
+
+async def test_a_refused_send_releases_its_claim_for_the_next_try(
+    db: Database, settings: Settings, mail: MailBox
+) -> None:
+    message = {"key": "k2", "to": "b@example.com", "subject": "s", "body": "b"}
+    mail.refuse_next = ["421 try again later"]
+    with pytest.raises(Exception, match="try again later"):
+        await send_once(_run(db, settings, 1), **message)
+    assert await send_once(_run(db, settings, 2), **message) is True  # no lease to wait out
+    assert len(mail.to("b@example.com")) == 1
