@@ -82,7 +82,8 @@ def database_url(servers: Servers) -> str:
 class MailBox:
     """A real SMTP server (the project's mail catcher) in the test process, keeping what it catches."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.messages: list[CaughtMail] = []
         self.port = free_port()
         self.server: asyncio.Server | None = None
@@ -92,7 +93,7 @@ class MailBox:
         self.messages.append(mail)
 
     async def start(self) -> None:
-        self.server = await mailcatcher.serve("127.0.0.1", self.port, self.catch, reject=self._reject)
+        self.server = await mailcatcher.serve(self.host, self.port, self.catch, reject=self._reject)
 
     def _reject(self) -> str | None:
         return self.refuse_next.pop(0) if self.refuse_next else None

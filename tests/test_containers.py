@@ -22,6 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
+from service.core.dsn import PostgresDSN
 from service.core.settings import Environment, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -489,3 +490,51 @@ def test_the_proxy_drops_slow_and_greedy_clients() -> None:
 
 def test_the_mail_catcher_ui_is_for_this_machine_only(services: dict[str, dict[str, Any]]) -> None:
     assert services["mail"]["ports"] == ["127.0.0.1:8025:8025"]
+
+
+# --- the highly available topology (compose.ha.yaml, over compose.yaml) ------------------------------------------
+
+HA_FILE = ROOT / "compose.ha.yaml"
+
+
+@pytest.fixture(scope="module")
+def ha() -> dict[str, Any]:
+    document = yaml.safe_load(HA_FILE.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def test_the_ha_file_is_valid_against_the_compose_specification(
+    ha: dict[str, Any], compose_validator: jsonschema.protocols.Validator
+) -> None:
+    assert schema_errors(compose_validator, ha) == []
+
+
+def test_the_ha_services_reach_the_primaries_through_sentinels_and_several_hosts(ha: dict[str, Any]) -> None:
+    for name in ("migrate", "api", "worker", "slow-worker"):
+        environment = ha["services"][name]["environment"]
+        database = PostgresDSN.parse(environment["DATABASE_URL"])
+        assert [host for host, _ in database.hosts] == ["postgres", "postgres-standby"]
+        assert database.query == {"target_session_attrs": "read-write"}
+        assert environment["REDIS_SENTINELS"] == "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+        given = {"JWT_SECRET": "s" * 48}
+        settings = {key.lower(): interpolate(str(value), given) for key, value in environment.items()
+                    if key not in UVICORN_ENV}  # fmt: skip
+        assert Settings(_env_file=None, **settings).sentinel_hosts == [(f"sentinel-{n}", 26379) for n in (1, 2, 3)]
+
+
+def test_three_sentinels_watch_the_primary_with_a_quorum_of_two(ha: dict[str, Any]) -> None:
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        command = ha["services"][name]["command"]
+        position = command.index("monitor")
+        assert command[position + 1 : position + 5] == ["mymaster", "redis", "6379", "2"]
+    assert ha["services"]["redis-replica"]["command"][1:4] == ["--replicaof", "redis", "6379"]
+
+
+def test_the_standby_is_the_synchronous_one_the_primary_waits_for(ha: dict[str, Any]) -> None:
+    primary = ha["services"]["postgres"]["command"]
+    assert "synchronous_standby_names=standby" in primary
+    standby = "\n".join(ha["services"]["postgres-standby"]["entrypoint"])
+    assert "pg_basebackup -h postgres" in standby and "application_name=standby" in standby
+    hba = (ROOT / "deploy" / "pg_hba.conf").read_text()
+    assert re.search(r"^host\s+replication\s+all\s+all\s+scram-sha-256$", hba, flags=re.MULTILINE)
