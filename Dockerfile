@@ -25,7 +25,7 @@ ENV ENV=production
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
-# A deadline on each request's head, idle connections closed after 5 s, 503 beyond 2,000 at once.
+# A deadline on each request's head, idle connections closed after 5 s, 503 beyond 4,000 at once.
 CMD ["uvicorn", "--factory", "service.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", \
-     "--http", "service.api.protocol:TimelyHttpProtocol", "--timeout-keep-alive", "5", "--limit-concurrency", "2000", \
+     "--http", "service.api.protocol:TimelyHttpProtocol", "--timeout-keep-alive", "5", "--limit-concurrency", "4000", \
      "--timeout-graceful-shutdown", "20"]

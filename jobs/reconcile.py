@@ -3,8 +3,10 @@ line with it. Every worker runs the loop; a lock in Redis lets one of them act p
 
 - A waiting job that Redis no longer holds (a crash, a flush, a restart without persistence) is
   enqueued again under its own id.
-- A running job whose worker stopped beating (killed, host lost) is freed for another worker at
-  once, instead of after arq's in-progress timeout.
+- A running job whose worker stopped beating (killed, host lost) is freed for another worker, instead
+  of after arq's in-progress timeout: once the worker is found silent in two rounds at least
+  `confirm_after` apart. One round is not enough: a Redis that was frozen or restarting held every
+  worker's heartbeat, and they all look silent to the first round after it.
 - A job that arq finished without our lifecycle deciding it (its payload gone before a worker read it,
   a worker without its function, a failure whose record PostgreSQL lost, a try arq counted that
   never ran) is enqueued again from its row, never failed on arq's word: a stale arq result or try
@@ -14,6 +16,7 @@ line with it. Every worker runs the loop; a lock in Redis lets one of them act p
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,7 @@ from service.core.schemas import JobRecord, JobState
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 10  # younger rows may be between their insert and their enqueue, or just starting
+KEEP_SUSPECT_SECONDS = 120  # a silent worker's first sighting is forgotten after this
 
 
 MaxTries = Mapping[str, int]  # job name -> tries allowed
@@ -84,7 +88,7 @@ async def _settle(db: Database, redis: ArqRedis, record: JobRecord, max_tries: M
 
 
 async def _reconcile_one(
-    db: Database, redis: ArqRedis, record: JobRecord, live: set[str], max_tries: MaxTries, done: Reconciled
+    db: Database, redis: ArqRedis, record: JobRecord, dead: set[str], max_tries: MaxTries, done: Reconciled
 ) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         for prefix in (keys.ARQ_JOB, keys.ARQ_IN_PROGRESS):
@@ -92,7 +96,7 @@ async def _reconcile_one(
         queued, in_progress = await pipe.execute()
     running = record.state in (JobState.STARTED, JobState.PROGRESS)
     if in_progress:
-        if running and record.worker_id and record.worker_id not in live:
+        if running and record.worker_id in dead:
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.delete(keys.ARQ_IN_PROGRESS + record.job_id)  # arq may start it again now
                 pipe.publish(keys.wake(record.queue_name), "")
@@ -104,11 +108,33 @@ async def _reconcile_one(
     await _settle(db, redis, record, max_tries, done)
 
 
-async def reconcile(db: Database, redis: ArqRedis, *, max_tries: MaxTries) -> Reconciled:
-    done = Reconciled()
+async def _dead_workers(redis: ArqRedis, records: list[JobRecord], confirm_after: float) -> set[str]:
+    """The workers of these jobs that were silent in an earlier round, confirm_after seconds ago or more,
+    and are still; the newly silent ones are noted, for a later round to confirm."""
     live = set(await live_workers(redis))
-    for record in await job_records.unsettled(db, older_than_seconds=GRACE_SECONDS):
-        await _reconcile_one(db, redis, record, live, max_tries, done)
+    workers = {record.worker_id for record in records if record.worker_id}
+    if back := workers & live:  # beating again: a later silence starts a new count
+        await redis.delete(*(keys.SUSPECT + worker_id for worker_id in back))
+    silent = workers - live
+    now, dead = time.time(), set()
+    for worker_id in silent:
+        key = keys.SUSPECT + worker_id
+        if await redis.set(key, now, nx=True, ex=KEEP_SUSPECT_SECONDS):
+            continue  # first found silent now
+        first = float(await redis.get(key) or now)
+        if now - first >= confirm_after:
+            dead.add(worker_id)
+    return dead
+
+
+async def reconcile(
+    db: Database, redis: ArqRedis, *, max_tries: MaxTries, confirm_after: float = GRACE_SECONDS
+) -> Reconciled:
+    done = Reconciled()
+    records = await job_records.unsettled(db, older_than_seconds=GRACE_SECONDS)
+    dead = await _dead_workers(redis, records, confirm_after)
+    for record in records:
+        await _reconcile_one(db, redis, record, dead, max_tries, done)
     done.pruned = await job_records.prune_unowned(db, older_than_days=7)
     return done
 
@@ -119,7 +145,7 @@ async def run_reconciler(db: Database, redis: ArqRedis, worker_id: str, period: 
         await asyncio.sleep(period)
         try:
             if await redis.set(keys.RECONCILER_LOCK, worker_id, nx=True, px=int(period * 900)):
-                if done := await reconcile(db, redis, max_tries=max_tries):
+                if done := await reconcile(db, redis, max_tries=max_tries, confirm_after=period):
                     log.info("reconciled: %s", done)
         except Exception as exc:  # PostgreSQL or Redis away: next period, then
             log.warning("reconciler skipped a round: %r", exc)

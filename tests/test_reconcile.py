@@ -85,7 +85,9 @@ async def test_a_dead_workers_job_is_freed_for_another(
     await pool.psetex(keys.ARQ_IN_PROGRESS + live_id, 60_000, b"1")
     await _age(db, live_id, state="STARTED", worker_id="live-worker", tries=1)
 
-    done = await reconcile(db, pool, max_tries=max_tries_by_name(settings))
+    first = await reconcile(db, pool, max_tries=max_tries_by_name(settings), confirm_after=0)
+    assert first.freed == 0  # silent once: noted, not yet freed (a frozen Redis silences everyone)
+    done = await reconcile(db, pool, max_tries=max_tries_by_name(settings), confirm_after=0)
     assert done.freed == 1
     assert not await pool.exists(keys.ARQ_IN_PROGRESS + job_id)
     assert await pool.exists(keys.ARQ_IN_PROGRESS + live_id)  # its worker is alive: not touched
@@ -221,3 +223,19 @@ async def test_a_running_job_redis_forgot_runs_again_counting_its_tries(
     await drain(settings)
     final = await _state(client, alice, job_id)
     assert (final["state"], final["tries"]) == ("SUCCESS", 3)
+
+
+async def test_workers_silent_only_while_redis_was_away_keep_their_jobs(
+    client: httpx.AsyncClient, db: Database, pool: ArqRedis, settings: Settings, make_user: MakeUser
+) -> None:
+    """After a frozen Redis every heartbeat is old: the first round notes the silence, and a worker that
+    beats again before the next round keeps its job."""
+    alice = await make_user("alice")
+    job_id = await _task_job(client, alice, "held through a pause")
+    await pool.psetex(keys.ARQ_IN_PROGRESS + job_id, 60_000, b"1")
+    await _age(db, job_id, state="STARTED", worker_id="paused", tries=1)
+    await pool.zadd(keys.WORKERS, {"paused": timestamp_ms() - 60_000})  # its last beat, before the pause
+    assert (await reconcile(db, pool, max_tries=max_tries_by_name(settings), confirm_after=0)).freed == 0
+    await pool.zadd(keys.WORKERS, {"paused": timestamp_ms()})  # Redis is back: it beats again
+    assert (await reconcile(db, pool, max_tries=max_tries_by_name(settings), confirm_after=0)).freed == 0
+    assert await pool.exists(keys.ARQ_IN_PROGRESS + job_id)

@@ -38,6 +38,7 @@ WORKER = PREFIX + "worker:"  # + worker id: a hash describing it, expiring unles
 CRON = PREFIX + "cron"  # hash: cron job name -> {"schedule", "next_run"}, kept current by the workers
 WORKER_BEAT_SECONDS = 2.0
 WORKER_EXPIRES_SECONDS = 10  # a worker silent this long is gone
+SUSPECT = PREFIX + "suspect:"  # + worker id: when the reconciler first found it silent (confirmed a round later)
 
 ARQ_JOB = job_key_prefix
 ARQ_RESULT = result_key_prefix

@@ -58,10 +58,10 @@ def child_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
 
 
 # As the Dockerfile runs it: a deadline on each request's head (service.api.protocol), idle kept-alive
-# connections closed after 5 s, and at most 2,000 connections at once (503 beyond, within the file
+# connections closed after 5 s, and at most 4,000 connections at once (503 beyond, within the file
 # handles the runner raises its limit to).
 UVICORN_LIMITS = ["--http", "service.api.protocol:TimelyHttpProtocol", "--timeout-keep-alive", "5",
-                  "--limit-concurrency", "2000"]  # fmt: skip
+                  "--limit-concurrency", "4000"]  # fmt: skip
 
 
 def api_command(settings: Settings) -> list[str]:

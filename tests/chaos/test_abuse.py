@@ -40,9 +40,8 @@ async def test_a_flood_of_slow_jobs_against_another_users_report(cluster: Cluste
         flood, quiet = await cluster.sign_up(client, "flood"), await cluster.sign_up(client, "quiet")
         alone = await _report_latency(client, quiet)
         slow = {"a": 1, "b": 2, "step_seconds": 10}
-        answers = Counter(
-            (await client.post("/jobs/long-calc", headers=flood, json=slow)).status_code for _ in range(100)
-        )
+        answers = Counter([(await client.post("/jobs/long-calc", headers=flood, json=slow)).status_code
+                           for _ in range(100)])  # fmt: skip
         await asyncio.sleep(1)
         during = await _report_latency(client, quiet)
     figures["One user submits 100 long calculations (10 s a step); another asks for a report"] = {
@@ -66,10 +65,11 @@ async def _report_latency(client: httpx.AsyncClient, headers: dict[str, str]) ->
 async def test_logins_during_a_flood_of_registrations(cluster: Cluster, figures: Figures) -> None:
     """The per-address limit is lifted here, as for a flood from many addresses: what is left is the
     hashing capacity that logins keep for themselves."""
-    async with await cluster.client() as client:
+    # The flood and the logins on clients of their own: a shared client would queue the logins itself.
+    async with await cluster.client() as flooder, await cluster.client() as client:
         await cluster.sign_up(client, "regular")
         alone = [await _login_time(client) for _ in range(10)]
-        flood = asyncio.gather(*(_register(client, n) for n in range(600)))
+        flood = asyncio.gather(*(_register(flooder, n) for n in range(600)))
         await asyncio.sleep(0.5)
         during = [await _login_time(client) for _ in range(10)]
         registered = Counter(await flood)
@@ -131,7 +131,8 @@ async def test_two_thousand_event_streams_on_one_job(cluster: Cluster, figures: 
         "slowest /healthz meanwhile (ms)": round(probe.slowest["/healthz"] * 1000),
     }
     assert answers[200] == 2000
-    assert clients - clients_before <= 2
+    # One subscription for every stream; the rest is the API's pool for commands (a few connections).
+    assert clients - clients_before <= 10
     assert files - files_before <= 2000 + 20
 
 
