@@ -191,6 +191,8 @@ class EmbeddedValkey(_Server):
         _stop_leftover(self._pidfile, "valkey-server", signal.SIGTERM)
         argv = [str(get_binary_path()), "--bind", self.host, "--port", str(self.port), "--dir", str(self.data_dir)]
         argv += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--pidfile", str(self._pidfile), *options]
+        if self.host != "127.0.0.1":  # a test host's own address: its peers are not loopback clients
+            argv += ["--protected-mode", "no"]
         process = self._spawn(argv)
         _wait_until(self._ready, process, "Valkey", self.log_path)
 

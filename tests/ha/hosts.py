@@ -25,6 +25,17 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def remove_leftovers() -> None:
+    """Bridges and namespaces of an earlier run that was killed before it could remove them: a second
+    bridge on SUBNET would take the hosts' traffic."""
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout.splitlines()
+    for name in (line.split()[0].split("@")[0] for line in links if line.startswith("tmbr")):
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
+    for name in (line.split()[0] for line in namespaces if line.startswith("tm-")):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -54,6 +65,7 @@ class Network(contextlib.ExitStack):
 
     def __enter__(self) -> "Network":
         super().__enter__()
+        remove_leftovers()
         _ip("link", "add", self.bridge, "type", "bridge")
         self.callback(_ip, "link", "del", self.bridge)
         _ip("addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)

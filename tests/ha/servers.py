@@ -23,7 +23,7 @@ class EmbeddedSentinel(EmbeddedValkey):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "sentinel.conf"  # sentinels rewrite their config: one of its own each
         config.write_text(
-            f"port {self.port}\nbind {self.host}\ndir {self.data_dir}\n"
+            f"port {self.port}\nbind {self.host}\ndir {self.data_dir}\nprotected-mode no\n"
             f"sentinel monitor {MASTER} {primary.host} {primary.port} 2\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
             f"sentinel failover-timeout {MASTER} 10000\n"
@@ -60,7 +60,7 @@ def start_standby(standby: EmbeddedPostgres, primary: EmbeddedPostgres) -> None:
     uid = _prepare_for_system_user(standby.data_dir, standby.bin_dir.parent)
     subprocess.run(
         [standby.bin_dir / "pg_basebackup", "-D", standby.data_dir, "-h", primary.host, "-p", str(primary.port),
-         "-U", "postgres", "-X", "stream", "-R"],
+         "-U", "postgres", "-X", "stream", "-R", "--checkpoint=fast"],
         user=uid, check=True, capture_output=True,
     )  # fmt: skip
     conninfo = f"host={primary.host} port={primary.port} user=postgres application_name={STANDBY_NAME}"
