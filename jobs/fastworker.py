@@ -105,6 +105,8 @@ class FastWorker(Worker):
         self.poll_delay_s = 0  # our wait takes the place of arq's sleep between polls
         self.notified = False  # whether Redis tells us of changes to the queue and the abort set
         self._nudge = asyncio.Event()
+        self._nudges = 0  # wake-ups so far: the earliest deferred job is read again after any of them
+        self._upcoming: tuple[int, float | None] | None = None  # (nudges when read, its time in ms)
         self._idle = False
         self._listener: asyncio.Task[None] | None = None
         self._claim: AsyncScript | None = None
@@ -138,13 +140,35 @@ class FastWorker(Worker):
         waits = [self._last_health_check + self.health_check_interval - time.time()]
         if not self.notified:
             waits.append(self.poll_every)
-        # Only future scores: a due job still in the queue is one another worker is running.
-        upcoming = await self.pool.zrangebyscore(self.queue_name, f"({now_ms}", "+inf", start=0, num=1, withscores=True)
-        if upcoming:
-            waits.append((upcoming[0][1] - now_ms) / 1000)
+        upcoming = await self._earliest_deferred(now_ms)
+        if upcoming is not None:
+            waits.append((upcoming - now_ms) / 1000)
         now = datetime.now(tz=self.timezone)
         waits += [(job.next_run - now).total_seconds() - CRON_LEAD for job in self.cron_jobs if job.next_run]
         return max(0.0, min(waits))
+
+    async def _cancel_aborted_jobs(self) -> None:
+        """arq's abort check, only while this worker runs jobs: an abort of a queued job takes effect when
+        the job is picked, so an idle worker has nothing to cancel (and sends nothing)."""
+        if self.job_tasks:
+            await super()._cancel_aborted_jobs()
+
+    async def _earliest_deferred(self, now_ms: int) -> float | None:
+        """When the earliest job not yet due is due (ms). With keyspace notices, what was read stays true
+        until the next wake-up (a job added or moved would have sent one): read again only then."""
+        if self.notified and self._upcoming is not None and self._upcoming[0] == self._nudges:
+            due = self._upcoming[1]
+            if due is None or due > now_ms:
+                return due
+        # Only future scores: a due job still in the queue is one another worker is running.
+        found = await self.pool.zrangebyscore(self.queue_name, f"({now_ms}", "+inf", start=0, num=1, withscores=True)
+        due = float(found[0][1]) if found else None
+        self._upcoming = (self._nudges, due)
+        return due
+
+    def _wake(self) -> None:
+        self._nudges += 1
+        self._nudge.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
@@ -217,7 +241,7 @@ class FastWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._nudge.set()  # a slot is free: take waiting jobs now, not at the next idle poll
+        self._wake()  # a slot is free: take waiting jobs now, not at the next idle poll
 
     async def _listen(self) -> None:
         """Set the nudge on every wake-up; across Redis restarts (or a new primary), subscribe again."""
@@ -230,16 +254,16 @@ class FastWorker(Worker):
                     channels += [self._keyspace(self.queue_name), self._keyspace(abort_jobs_ss)]
                 await pubsub.subscribe(*channels)
                 self.notified = len(channels) > 1
-                self._nudge.set()  # whatever changed while we were not listening
+                self._wake()  # whatever changed while we were not listening
                 async for message in pubsub.listen():
                     if message["type"] != "message":
                         continue
                     if message["channel"] == wake or message["data"] in WAKING_EVENTS:
-                        self._nudge.set()
+                        self._wake()
             except (RedisError, OSError) as exc:
                 log.debug("wake-up channels lost (%r); polling until they are back", exc)
                 self.notified = False
-                self._nudge.set()
+                self._wake()
                 await asyncio.sleep(self.poll_every)
             finally:
                 with contextlib.suppress(RedisError, OSError):

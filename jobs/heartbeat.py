@@ -50,17 +50,22 @@ def describe(entry: CronJob) -> str:
     return ", ".join(f"{name} {value}" for name, value in given.items())
 
 
-async def beat(redis: Redis, stats: WorkerStats, schedule: list[CronJob]) -> None:
+async def beat(redis: Redis, stats: WorkerStats, schedule: list[CronJob], told: dict[str, str]) -> None:
+    """One heartbeat: three commands in one round trip, and the cron entries whose next run changed since
+    the last beat (told: what the last beats said of each). Workers gone quiet leave the list when the
+    reconciler or the dashboard reads it (service.core.queuestats), not here at every beat."""
     now = time.time()
     key = keys.WORKER + stats.worker_id
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping={**{k: str(v) for k, v in asdict(stats).items()}, "last_beat": str(now)})
         pipe.expire(key, EXPIRES_SECONDS)
         pipe.zadd(keys.WORKERS, {stats.worker_id: int(now * 1000)})
-        pipe.zremrangebyscore(keys.WORKERS, 0, int((now - EXPIRES_SECONDS) * 1000))
         for entry in schedule:
             next_run = entry.next_run.timestamp() if entry.next_run else None
-            pipe.hset(keys.CRON, entry.name, json.dumps({"schedule": describe(entry), "next_run": next_run}))
+            said = json.dumps({"schedule": describe(entry), "next_run": next_run})
+            if told.get(entry.name) != said:
+                pipe.hset(keys.CRON, entry.name, said)
+                told[entry.name] = said
         await pipe.execute()
 
 
@@ -68,9 +73,10 @@ async def run_heartbeat(redis: Redis, stats: WorkerStats, schedule: list[CronJob
     """Beat until stopping is set, then leave the list. A Redis outage skips beats, it does not stop
     them. Stopped by the event rather than cancelled, so that no beat cut off in flight (sent, its
     reply not yet read) can land after the worker left and list it again."""
+    told: dict[str, str] = {}
     while not stopping.is_set():
         with contextlib.suppress(RedisError, OSError):
-            await beat(redis, stats, schedule)
+            await beat(redis, stats, schedule, told)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(BEAT_SECONDS):
                 await stopping.wait()

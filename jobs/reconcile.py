@@ -111,8 +111,10 @@ async def _reconcile_one(
 async def _dead_workers(redis: ArqRedis, records: list[JobRecord], confirm_after: float) -> set[str]:
     """The workers of these jobs that were silent in an earlier round, confirm_after seconds ago or more,
     and are still; the newly silent ones are noted, for a later round to confirm."""
-    live = set(await live_workers(redis))
     workers = {record.worker_id for record in records if record.worker_id}
+    if not workers:
+        return set()  # nothing running that a silent worker could hold: no Redis round trip
+    live = set(await live_workers(redis))
     if back := workers & live:  # beating again: a later silence starts a new count
         await redis.delete(*(keys.SUSPECT + worker_id for worker_id in back))
     silent = workers - live

@@ -5,6 +5,7 @@ PROMETHEUS_MULTIPROC_DIR, see the README). Job metrics are read from the counter
 keeps in Redis (service.core.metrics) at scrape time.
 """
 
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -70,10 +71,10 @@ def job_families(
     duration = HistogramMetricFamily("job_duration_seconds", "Job run time, by name", labels=["name"])
     fields = _fields(durations)
     for name in sorted({name for name, _ in fields}):
-        buckets = [(str(bound), float(fields.get((name, str(bound)), 0))) for bound in DURATION_BUCKETS]
-        buckets.append(("+Inf", float(fields.get((name, "+Inf"), 0))))
-        # Each observation was counted in every bucket it fits, so the stored counts are cumulative already.
-        duration.add_metric([name], buckets, float(fields.get((name, "sum"), 0)))
+        # Each run was counted in its own bucket: Prometheus' buckets count every run up to their bound.
+        bounds = [*map(str, DURATION_BUCKETS), "+Inf"]
+        cumulative = itertools.accumulate(float(fields.get((name, bound), 0)) for bound in bounds)
+        duration.add_metric([name], list(zip(bounds, cumulative, strict=True)), float(fields.get((name, "sum"), 0)))
     families: list[Metric] = [*counters.values(), duration]
     for metric, (help_text, value) in gauges.items():
         families.append(GaugeMetricFamily(metric, help_text, value=value))

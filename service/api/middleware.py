@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -80,6 +81,10 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+PAGE_HEADERS = [(b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin")]
+
+
 class SecurityHeaders:
     """`nosniff` on every response. On HTML pages also a Content-Security-Policy (the service's own
     scripts and styles only, no plugins, no framing by any site), X-Frame-Options for browsers that
@@ -99,12 +104,13 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["x-content-type-options"] = "nosniff"
-                if headers.get("content-type", "").startswith("text/html"):
-                    headers.setdefault("content-security-policy", self.PAGE_POLICY)
-                    headers["x-frame-options"] = "DENY"
-                    headers["referrer-policy"] = "same-origin"
+                headers = list(message.get("headers", ()))
+                headers.append(NOSNIFF)
+                if any(name == b"content-type" and value.startswith(b"text/html") for name, value in headers):
+                    if not any(name == b"content-security-policy" for name, _ in headers):
+                        headers.append((b"content-security-policy", self.PAGE_POLICY.encode()))
+                    headers += PAGE_HEADERS
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -126,35 +132,42 @@ class Deadline:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        reading = False
-        late = False
-        begun = asyncio.Event()
+        watch = _Watch()
+        request = asyncio.current_task()
+        loop = asyncio.get_running_loop()
 
         async def receive_watched() -> Message:
-            nonlocal reading
-            reading = True
+            watch.reading = True
             try:
                 return await receive()
             finally:
-                reading = False
+                watch.reading = False
 
         async def send_watched(message: Message) -> None:
-            if late:
+            if watch.answer is not None:
                 return  # answered already, with 503: whatever the cancelled handler still sends is dropped
             if message["type"] == "http.response.start":
-                begun.set()
+                watch.begun = True
             await send(message)
 
-        handler = asyncio.ensure_future(self.app(scope, receive_watched, send_watched))
-        response_begun = asyncio.ensure_future(begun.wait())
-        await asyncio.wait({handler, response_begun}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
-        response_begun.cancel()
-        if handler.done() or begun.is_set():
-            return await handler
-        late = True
-        handler.cancel()
-        handler.add_done_callback(_retrieve)
-        await self._late(scope, receive, send, client_slow=reading)
+        def expire() -> None:
+            if watch.begun or request is None:
+                return
+            # The answer goes out from a task of its own, now; the handler, cancelled, cleans up meanwhile.
+            watch.answer = loop.create_task(self._late(scope, receive, send, client_slow=watch.reading))
+            request.cancel()
+
+        timer = loop.call_later(self.seconds, expire)  # a timer, not a task: next to nothing per request
+        try:
+            await self.app(scope, receive_watched, send_watched)
+        except asyncio.CancelledError:
+            if watch.answer is None or request is None:
+                raise
+            request.uncancel()
+        finally:
+            timer.cancel()
+        if watch.answer is not None:
+            await watch.answer
 
     async def _late(self, scope: Scope, receive: Receive, send: Send, *, client_slow: bool) -> None:
         if client_slow:
@@ -165,10 +178,13 @@ class Deadline:
         await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """Collect what a handler cancelled at its deadline ended with, so that it is not reported as lost."""
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.debug("a handler cancelled at its deadline ended with %r", error)
+@dataclass
+class _Watch:
+    """What Deadline knows of one request: the client's body being read, the response begun, the 503."""
+
+    reading: bool = False
+    begun: bool = False
+    answer: asyncio.Task[None] | None = None
 
 
 class Telemetry:

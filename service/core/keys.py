@@ -31,13 +31,15 @@ JOB_OWNER = PREFIX + "owner:"  # + job id: the id of the user who submitted it, 
 JOB_EVENTS = PREFIX + "job-events:"  # + job id: a pub/sub channel, one message per state or progress change
 
 METRICS_JOB_EVENTS = PREFIX + "metrics:job-events"  # hash "name|event" -> count, for every process
-METRICS_JOB_DURATION = PREFIX + "metrics:job-duration"  # hash "name|bucket" -> count, "name|sum" -> seconds
+# hash "name|bucket" -> count of runs that took at most bucket seconds and more than the bucket below it;
+# "name|sum" -> seconds in all
+METRICS_JOB_DURATION = PREFIX + "metrics:job-durations"
 
 WORKERS = PREFIX + "workers"  # sorted set: worker id -> last heartbeat (ms)
 WORKER = PREFIX + "worker:"  # + worker id: a hash describing it, expiring unless refreshed
 CRON = PREFIX + "cron"  # hash: cron job name -> {"schedule", "next_run"}, kept current by the workers
-WORKER_BEAT_SECONDS = 2.0
-WORKER_EXPIRES_SECONDS = 10  # a worker silent this long is gone
+WORKER_BEAT_SECONDS = 5.0  # three commands a beat: an idle worker's largest share of its Redis traffic
+WORKER_EXPIRES_SECONDS = 16  # a worker silent this long (three beats missed) is gone
 SUSPECT = PREFIX + "suspect:"  # + worker id: when the reconciler first found it silent (confirmed a round later)
 
 ARQ_JOB = job_key_prefix

@@ -25,11 +25,10 @@ def add_job_metrics(pipe: Pipeline, job_events: Iterable[tuple[str, str, float |
     for name, event, seconds in job_events:
         counts[keys.METRICS_JOB_EVENTS, f"{name}|{event}"] += 1
         if seconds is not None:
-            # Each observation is counted in every bucket it fits: the stored counts are cumulative.
-            for bound in DURATION_BUCKETS:
-                if seconds <= bound:
-                    counts[keys.METRICS_JOB_DURATION, f"{name}|{bound}"] += 1
-            counts[keys.METRICS_JOB_DURATION, f"{name}|+Inf"] += 1
+            # Counted in the one bucket it falls in (the smallest bound it fits): a command, not one per
+            # bucket; /metrics adds them up into Prometheus' cumulative buckets.
+            bucket = next((str(bound) for bound in DURATION_BUCKETS if seconds <= bound), "+Inf")
+            counts[keys.METRICS_JOB_DURATION, f"{name}|{bucket}"] += 1
             seconds_by_name[name] += seconds
     for (key, field), count in counts.items():
         pipe.hincrby(key, field, count)

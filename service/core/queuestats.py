@@ -43,6 +43,11 @@ async def queue_stats(redis: Redis) -> QueueStats:
 
 
 async def live_workers(redis: Redis) -> list[str]:
-    """The ids of the workers that beat within the last WORKER_EXPIRES_SECONDS."""
-    since = (time.time() - keys.WORKER_EXPIRES_SECONDS) * 1000
-    return [worker_id.decode() for worker_id in await redis.zrangebyscore(keys.WORKERS, since, "+inf")]
+    """The ids of the workers that beat within the last WORKER_EXPIRES_SECONDS (those gone longer than
+    a minute leave the list as it is read)."""
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(keys.WORKERS, 0, (now - 60) * 1000)
+        pipe.zrangebyscore(keys.WORKERS, (now - keys.WORKER_EXPIRES_SECONDS) * 1000, "+inf")
+        _, live = await pipe.execute()
+    return [worker_id.decode() for worker_id in live]
