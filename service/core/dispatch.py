@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def user_caps(settings: Settings) -> dict[str, int]:
-    """The most jobs one user may have waiting or running on each queue: a fair share of the workers."""
-    return {keys.QUEUE: settings.user_jobs_active, keys.SLOW_QUEUE: settings.user_slow_jobs_active}
+    """The most jobs one user may have waiting or running on each queue (a fair share of the workers);
+    a queue with a cap of 0 has none."""
+    caps = {keys.QUEUE: settings.user_jobs_active, keys.SLOW_QUEUE: settings.user_slow_jobs_active}
+    return {queue: cap for queue, cap in caps.items() if cap}
 
 
 class Dispatcher:

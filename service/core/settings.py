@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     # Item and task writes (create, change, delete) one user may make per minute (0: no quota).
     write_quota_per_minute: int = Field(default=300, ge=0)
     # Jobs one user may have waiting or running at once, on the fast queue and on the slow one (429 beyond).
-    user_jobs_active: int = Field(default=1000, ge=1)
-    user_slow_jobs_active: int = Field(default=10, ge=1)
+    user_jobs_active: int = Field(default=1000, ge=0)  # 0: no cap
+    user_slow_jobs_active: int = Field(default=10, ge=0)
     # Server-Sent Event streams open at once, per API process and per user (429 beyond).
     sse_max_streams: int = Field(default=1000, ge=1)
     sse_max_streams_per_user: int = Field(default=10, ge=1)

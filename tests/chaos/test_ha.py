@@ -91,7 +91,7 @@ class HACluster(Cluster):
             SMTP_PORT=str(self.mail.port),
             ENQUEUE_QUOTA_PER_MINUTE="0",
             ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE="0",
-            USER_JOBS_ACTIVE="1000000",
+            USER_JOBS_ACTIVE="0",  # no cap
             ACCESS_LOG="false",
             **self.env_overrides,
         )

@@ -131,10 +131,16 @@ WITH incoming AS (
         WITH ORDINALITY AS i(job_id, name, queue_name, owner_id, args, request_id, ord)
 ),
 caps AS (SELECT * FROM unnest($7::varchar[], $8::integer[]) AS c(queue_name, cap)),
-active AS (
-    SELECT owner_id, queue_name, count(*) AS n FROM jobs
-    WHERE state IN ({_ACTIVE_SQL}) AND (owner_id, queue_name) IN (SELECT owner_id, queue_name FROM incoming)
-    GROUP BY owner_id, queue_name
+active AS (  -- counted up to the cap only: the count costs no more than the cap, however long the backlog
+    SELECT p.owner_id, p.queue_name, (
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobs j
+            WHERE j.owner_id = p.owner_id AND j.queue_name = p.queue_name AND j.state IN ({_ACTIVE_SQL})
+            LIMIT c.cap
+        ) AS counted
+    ) AS n
+    FROM (SELECT DISTINCT owner_id, queue_name FROM incoming WHERE owner_id IS NOT NULL) AS p
+    JOIN caps AS c USING (queue_name)
 )
 INSERT INTO jobs (job_id, name, queue_name, owner_id, args, request_id)
 SELECT i.job_id, i.name, i.queue_name, i.owner_id, i.args, i.request_id
