@@ -43,6 +43,22 @@ async def _active(state: AppState, user_id: int, token_version: int) -> UserReco
     return user
 
 
+def token_subject(request: Request) -> tuple[int, int]:
+    """The user id and token version of the request's bearer token, checked (no I/O); 401 otherwise."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized()
+    try:
+        return app_state(request).tokens.subject(token)
+    except InvalidToken:
+        raise InvalidAuthToken() from None
+
+
+async def active_user(state: AppState, user_id: int, token_version: int) -> UserRecord:
+    """The user a checked token names, if active and the token is not older than their last password change."""
+    return await _active(state, user_id, token_version)
+
+
 async def current_user(request: Request) -> UserRecord:
     """The active user the request's bearer token names; 401 with WWW-Authenticate otherwise."""
     token = bearer_token(request)

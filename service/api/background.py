@@ -7,6 +7,7 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api.auth import active_user, client_ip, token_subject
 from service.api.errors import NotFound
 from service.api.responses import respond
 from service.api.state import AppState, app_state
@@ -39,14 +40,32 @@ async def within_write_quota(state: AppState, user: UserRecord) -> None:
         await state.throttle.check(Limit("writes", quota, 60), str(user.id), "Too many changes this minute")
 
 
-async def within_quota(state: AppState, user: UserRecord, address: str) -> None:
+async def submitter(request: Request) -> UserRecord:
+    """The caller of a job submission, once their job quota has room: the user is read and the quota
+    counted at the same time, one round trip of each kind in parallel rather than one after the other.
+    A bad token is 401 before anything; a user that is gone is 401 before a full quota's 429."""
+    user_id, token_version = token_subject(request)
+    state = app_state(request)
+    user, counted = await asyncio.gather(
+        active_user(state, user_id, token_version),
+        within_quota(state, user_id, client_ip(request)),
+        return_exceptions=True,
+    )
+    for outcome in (user, counted):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(user, UserRecord)
+    return user
+
+
+async def within_quota(state: AppState, user_id: int, address: str) -> None:
     """At most ENQUEUE_QUOTA_PER_MINUTE jobs a minute per user, and ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE
     per client address, so that fresh accounts do not bring fresh quotas (429 with Retry-After beyond)."""
     settings = state.settings
     checks = []
     if settings.enqueue_quota_per_minute:
         per_user = Limit("enqueue", settings.enqueue_quota_per_minute, 60)
-        checks.append(state.throttle.check(per_user, str(user.id), "Job quota exceeded: too many jobs this minute"))
+        checks.append(state.throttle.check(per_user, str(user_id), "Job quota exceeded: too many jobs this minute"))
     if settings.enqueue_quota_per_address_per_minute:
         per_address = Limit("enqueue-ip", settings.enqueue_quota_per_address_per_minute, 60)
         message = "Job quota exceeded: too many jobs from this address this minute"

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from service.api.auth import client_ip, current_user
-from service.api.background import accepted, own_job, within_quota
+from service.api.auth import current_user
+from service.api.background import accepted, own_job, submitter
 from service.api.errors import Conflict, Forbidden
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
@@ -27,9 +27,8 @@ from service.core.schemas import (
 
 
 async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
-    user = await current_user(request)
+    user = await submitter(request)
     state = app_state(request)
-    await within_quota(state, user, client_ip(request))
     record = await state.dispatcher.submit(name=name, owner_id=user.id, args=args)
     return accepted(record, f"/jobs/{record.job_id}")
 

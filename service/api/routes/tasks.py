@@ -5,8 +5,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api.auth import client_ip, current_user
-from service.api.background import accepted, own_job, within_quota
+from service.api.auth import client_ip, current_user, token_subject
+from service.api.background import accepted, own_job, submitter, within_quota
 from service.api.errors import APIError, Forbidden, NotFound
 from service.api.http import parse_body
 from service.api.openapi import operation
@@ -44,12 +44,12 @@ def _status_url(job_id: str) -> str:
 @operation(summary="Create a task (in the background)", tag="tasks", body=TaskCreate, response=JobAccepted, status=202,
            errors=(422, 429))  # fmt: skip
 async def create_task(request: Request) -> Response:
-    user = await current_user(request)
+    token_subject(request)  # 401 before anything else
     data = await parse_body(request, TaskCreate)
+    user = await submitter(request)
     job_id = task_job_id(user.id, request.headers.get("idempotency-key"))
     args = {"owner_id": user.id, **data.model_dump(mode="json")}
     state = app_state(request)
-    await within_quota(state, user, client_ip(request))
     record = await state.dispatcher.submit(name="process_new_task", owner_id=user.id, args=args, job_id=job_id)
     return accepted(record, _status_url(record.job_id))
 
@@ -61,7 +61,7 @@ async def remind(request: Request) -> Response:
     if user.email_verified_at is None:
         raise Forbidden("Verify your email address first: follow the link in your welcome email")
     state = app_state(request)
-    await within_quota(state, user, client_ip(request))
+    await within_quota(state, user.id, client_ip(request))
     task = await tasks.get(state.db, owner_id=user.id, row_id=request.path_params["id"])
     if task is None:
         raise NotFound("Task not found")
