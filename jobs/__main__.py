@@ -17,7 +17,7 @@ import uvloop
 from arq.worker import Worker, get_kwargs
 from redis.exceptions import RedisError
 
-from jobs.fastworker import FastWorker
+from jobs.fastworker import FastWorker, Unfinished
 from jobs.worker import SlowWorkerSettings, WorkerSettings, shutdown
 
 log = logging.getLogger("jobs")
@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = SlowWorkerSettings if args.slow else WorkerSettings
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as uvicorn does for the API: a faster loop
+    unfinished = Unfinished()  # ends of jobs Redis did not take, said again by the next worker if need be
     while True:
-        worker = FastWorker(**{**get_kwargs(settings), "burst": args.burst})
+        worker = FastWorker(**{**get_kwargs(settings), "burst": args.burst}, unfinished=unfinished)
         try:
             worker.run()
         except (RedisError, OSError) as exc:

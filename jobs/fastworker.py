@@ -19,6 +19,10 @@
   its own; here the jobs finishing while one such write is under way go in the next one (group
   commit, service.core.batching), each job's commands the same as arq's. A job whose commands
   fail fails alone.
+- A job's end that Redis did not take (frozen, unreachable, failing over) is said again once Redis
+  answers, if the job is still this worker's (its token in the in-progress key): arq would leave the
+  job held, with nothing running it, until the key expired (the job's timeout). Commands to Redis
+  are bounded (arq's settings give no command timeout), so that they fail rather than hang.
 - Its close() runs the shutdown hook even when it has cancelled a running job (arq's skips it).
 - It remembers the signal that stopped it, so that `python -m jobs` does not start it again.
 """
@@ -28,16 +32,20 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from datetime import datetime
 from signal import Signals
 from typing import Any, NamedTuple
 
+from arq.connections import create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from service.core import keys
 from service.core.batching import Batcher
@@ -45,14 +53,15 @@ from service.core.batching import Batcher
 log = logging.getLogger(__name__)
 
 
-# For each candidate: still queued and due, nobody running it -> take it (arq's in-progress key). The
+# For each candidate: still queued and due, nobody running it -> take it (arq's in-progress key, holding
+# this worker's token where arq writes "1": arq only asks whether the key exists). The
 # candidates come in queue order; owners take turns (round robin): each owner's first job, then each
 # one's second, and so on, so that one user's backlog ahead of another's job does not delay it. A job
 # with no owner noted (cron runs, plain arq) is an owner of its own.
 CLAIM = """
-local now, ttl, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now, ttl, limit, holder = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local ids, owner_keys = {}, {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   ids[#ids + 1] = ARGV[i]
   owner_keys[#owner_keys + 1] = KEYS[3] .. ARGV[i]
 end
@@ -67,7 +76,7 @@ while unseen > 0 and #claimed < 2 * limit do
       seen[i], unseen = true, unseen - 1
       local score = redis.call('ZSCORE', KEYS[1], id)
       if score and tonumber(score) <= now and redis.call('EXISTS', KEYS[2] .. id) == 0 then
-        redis.call('PSETEX', KEYS[2] .. id, ttl, '1')
+        redis.call('PSETEX', KEYS[2] .. id, ttl, holder)
         claimed[#claimed + 1] = id
         claimed[#claimed + 1] = score
         taken[owner] = (taken[owner] or 0) + 1
@@ -92,15 +101,29 @@ class Finished(NamedTuple):
     keep_in_progress: float | None
 
 
+class Unfinished:
+    """Ends of jobs that Redis did not take, to say again; kept across the worker's restarts by
+    `python -m jobs`, with the token this process's workers write in the in-progress keys."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex.encode()
+        self.jobs: dict[str, tuple[Finished, float]] = {}  # job id -> (its end, when to give up)
+
+
 # Keyspace events that bring work or an abort: a job added (or moved to now by an abort), a retry
 # rescheduled. Removals (jobs finishing) bring nothing to do.
 WAKING_EVENTS = frozenset({b"zadd", b"zincr"})
 CRON_LEAD = 1.0  # arq enqueues a cron run up to this long before it is due (2 x its 0.5 s window)
+COMMAND_TIMEOUT = 5.0  # seconds for Redis to answer a command before it counts as failed
+LISTEN_TIMEOUT = 60.0  # the wake-up channels are read in waits this long (a command timeout would end them)
+SAY_AGAIN_EVERY = 1.0  # seconds between tries to tell Redis the ends it did not take
 
 
 class FastWorker(Worker):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, unfinished: Unfinished | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.unfinished = unfinished or Unfinished()
+        self._saying_again: asyncio.Task[None] | None = None
         self.poll_every = self.poll_delay_s  # used only where Redis gives no keyspace notifications
         self.poll_delay_s = 0  # our wait takes the place of arq's sleep between polls
         self.notified = False  # whether Redis tells us of changes to the queue and the abort set
@@ -121,9 +144,22 @@ class FastWorker(Worker):
         self.stopped_by = Signals(signum)
         super().handle_sig_wait_for_completion(signum)
 
+    async def main(self) -> None:
+        if self._pool is None:  # arq's pool, with a command timeout
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+            bound_commands(self._pool, COMMAND_TIMEOUT)
+        await super().main()
+
     async def _poll_iteration(self) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
+            self._saying_again = asyncio.create_task(self._say_again())
         if self._idle:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(await self._until_due()):
@@ -177,7 +213,7 @@ class FastWorker(Worker):
         timeout_ms = int(self.in_progress_timeout_s * 1000)
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM)  # EVALSHA, loading the script when Redis lacks it
-        arguments: list[Any] = [timestamp_ms(), timeout_ms, free, *job_ids]
+        arguments: list[Any] = [timestamp_ms(), timeout_ms, free, self.unfinished.token, *job_ids]
         claimed = await self._claim(keys=[self.queue_name, in_progress_key_prefix, keys.JOB_OWNER], args=arguments)
         for job_id, score in zip(claimed[::2], claimed[1::2], strict=True):
             await self.sem.acquire()  # arq's own bookkeeping of running jobs, as in its start_jobs
@@ -196,9 +232,47 @@ class FastWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        await self._finishes.submit(
-            Finished(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress)
+        ended = Finished(
+            job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score, keep_in_progress
         )
+        try:
+            await self._finishes.submit(ended)
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            log.warning("Redis did not take the end of job %s (%r); saying it again once Redis answers", job_id, exc)
+            self.unfinished.jobs[job_id] = (ended, time.monotonic() + self.in_progress_timeout_s)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's, through finish_job: the same commands, batched, and said again if Redis does not take them."""
+        kept = self.keep_result_forever or self.keep_result_s > 0
+        result = result_data if kept else None
+        await self.finish_job(job_id, True, result, self.keep_result_s, self.keep_result_forever, None, None)
+
+    async def _say_again(self) -> None:
+        """Tell Redis the ends it did not take, once it answers, of the jobs still this worker's."""
+        while True:
+            await asyncio.sleep(SAY_AGAIN_EVERY)
+            for job_id, (ended, give_up_at) in list(self.unfinished.jobs.items()):
+                if time.monotonic() < give_up_at:  # after that, arq's in-progress key has expired
+                    try:
+                        await self._finish_if_still_ours(ended)
+                    except (RedisError, OSError):
+                        break  # still away
+                    log.info("Redis took the end of job %s", job_id)
+                del self.unfinished.jobs[job_id]
+
+    async def _finish_if_still_ours(self, ended: Finished) -> None:
+        """arq's finish commands for a job, unless its in-progress key no longer holds this worker's token:
+        the reconciler freed it meanwhile (this worker looked dead), and another run has its say."""
+        held = in_progress_key_prefix + ended.job_id
+        with contextlib.suppress(WatchError):  # it changed between the read and the write: not ours
+            async with self.pool.pipeline(transaction=True) as tr:
+                await tr.watch(held)
+                if await tr.get(held) == self.unfinished.token:
+                    tr.multi()  # type: ignore[no-untyped-call]
+                    self._finish_commands(tr, ended)
+                    await tr.execute()
 
     async def _finish_many(self, batch: list[Finished]) -> list[BaseException | None]:
         """arq's finish_job, for a batch of jobs in one MULTI/EXEC; each job gets the first error among
@@ -255,8 +329,9 @@ class FastWorker(Worker):
                 await pubsub.subscribe(*channels)
                 self.notified = len(channels) > 1
                 self._wake()  # whatever changed while we were not listening
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
+                while True:
+                    message = await pubsub.get_message(timeout=LISTEN_TIMEOUT)
+                    if message is None or message["type"] != "message":
                         continue
                     if message["channel"] == wake or message["data"] in WAKING_EVENTS:
                         self._wake()
@@ -290,11 +365,12 @@ class FastWorker(Worker):
         """arq's close, except that a job it cancels does not skip the shutdown hook: arq gathers the
         jobs it has just cancelled and stops at the first CancelledError, before on_shutdown, so the
         worker stayed listed as alive and its database pool open."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for task in (self._listener, self._saying_again):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._saying_again = None
         if not self._handle_signals:
             self.handle_sig(signal.SIGUSR1)
         if not self._pool:
@@ -305,6 +381,20 @@ class FastWorker(Worker):
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
         self._pool = None
+
+
+def bound_commands(redis: Redis, seconds: float) -> None:
+    """Give every connection of arq's pool (and of its sentinels, if any) a command timeout: arq's
+    RedisSettings sets none, so a frozen or unreachable Redis would hold a command forever."""
+    pools = [redis.connection_pool]
+    if isinstance(redis.connection_pool, SentinelConnectionPool):
+        pools += [sentinel.connection_pool for sentinel in redis.connection_pool.sentinel_manager.sentinels]
+    for pool in pools:
+        pool.connection_kwargs.update(socket_timeout=seconds)
+        pool.connection_kwargs.setdefault("socket_connect_timeout", seconds)
+        for connection in (*pool._available_connections, *pool._in_use_connections):  # made before this
+            connection.socket_timeout = seconds
+            connection.socket_connect_timeout = connection.socket_connect_timeout or seconds
 
 
 def _text(value: str | bytes) -> str:

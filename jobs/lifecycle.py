@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.context import JobContext
 from jobs.retry import backoff, is_transient
+from jobs.smtp import EmailInFlight
 from service.core import keys
 from service.core.events import publish
 from service.core.metrics import count_job_event
@@ -128,7 +129,8 @@ async def _failed(
     try that failed because our own PostgreSQL or Redis did not answer is given back: an outage of
     the service's servers uses up no job's tries, however long it lasts."""
     tries = ctx["job_try"]
-    outage = is_transient(error) and (not in_function or await _servers_down(ctx, error))
+    waiting = isinstance(error, EmailInFlight)  # for another run's claim to end: a wait, not a failed try
+    outage = waiting or (is_transient(error) and (not in_function or await _servers_down(ctx, error)))
     retry = outage or (is_transient(error) and tries < max_tries)
     details: dict[str, Any] = _error(error)
     if is_transient(error) and not retry:
@@ -151,7 +153,8 @@ async def _failed(
         ctx["stats"].retried += 1
         if outage:
             await _give_back_try(ctx)
-        raise Retry(defer=backoff(1 if outage else tries, base=ctx["settings"].retry_base_seconds)) from error
+        defer = backoff(1 if outage else tries, base=ctx["settings"].retry_base_seconds)
+        raise Retry(defer=error.wait + defer / 2 if isinstance(error, EmailInFlight) else defer) from error
     ctx["stats"].failed += 1
 
 

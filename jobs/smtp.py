@@ -31,7 +31,12 @@ NOT_DELIVERED = (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPResponseException, 
 
 
 class EmailInFlight(Exception):
-    """Another run holds the email's claim and may be sending it: try again once its lease has passed."""
+    """Another run holds the email's claim and may be sending it: try again once its lease has passed,
+    in `wait` seconds. A wait, not a failure: it uses up none of the job's tries."""
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 async def send_once(ctx: JobContext, *, key: str, to: str, subject: str, body: str) -> bool:
@@ -46,7 +51,8 @@ async def send_once(ctx: JobContext, *, key: str, to: str, subject: str, body: s
         if await emails.was_sent(db, key=key):
             log.info("email %s was sent before; not sending it again", key)
             return False
-        raise EmailInFlight(f"email {key} is being sent by another run; trying again after its lease")
+        wait = await emails.lease_left(db, key=key)
+        raise EmailInFlight(f"email {key} is being sent by another run; trying again in {wait:.0f} s", wait=wait)
     try:
         await send(settings, message(settings, to=to, subject=subject, body=body))
     except NOT_DELIVERED:

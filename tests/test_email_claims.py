@@ -20,8 +20,9 @@ async def test_a_second_run_waits_for_the_first_runs_claim(db: Database, setting
     message = {"key": "k1", "to": "a@example.com", "subject": "s", "body": "b"}
     # The first run claimed the email and is still sending it (its worker cut off, say).
     assert await emails.claim(db, key="k1", recipient="a@example.com", subject="s", job_id="job-1#1")
-    with pytest.raises(EmailInFlight):
+    with pytest.raises(EmailInFlight) as waiting:
         await send_once(_run(db, settings, 2), **message)
+    assert emails.CLAIM_LEASE_SECONDS - 5 < waiting.value.wait <= emails.CLAIM_LEASE_SECONDS  # until the lease ends
     assert mail.messages == []
     await emails.mark_sent(db, key="k1")  # the first run got through after all
     assert await send_once(_run(db, settings, 3), **message) is False
@@ -37,3 +38,14 @@ async def test_a_refused_send_releases_its_claim_for_the_next_try(
         await send_once(_run(db, settings, 1), **message)
     assert await send_once(_run(db, settings, 2), **message) is True  # no lease to wait out
     assert len(mail.to("b@example.com")) == 1
+
+
+def test_a_claim_outlives_every_run_that_can_hold_it() -> None:
+    """The lease is longer than an email job can run (its timeout, and arq's a second later): a claim older
+    than that belongs to a run that has ended, and another run need not wait longer (a lost worker's
+    reminder waited two minutes)."""
+    from jobs.emails import send_email_confirmation, send_task_reminder_email, send_welcome_email
+
+    for function in (send_welcome_email, send_email_confirmation, send_task_reminder_email):
+        assert function.timeout_s is not None
+        assert function.timeout_s + 5 < emails.CLAIM_LEASE_SECONDS

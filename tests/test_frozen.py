@@ -12,7 +12,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from databases import Database
+from redis.asyncio import Redis
 
+from service.core import keys
 from service.core.settings import Settings
 from service.dev import migrate
 from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -137,6 +139,45 @@ async def test_jobs_that_meet_a_frozen_postgres_keep_their_tries(
             jobs = await _when_all_final(own_settings)
     assert worker.jobs_retried >= 1  # they did meet the frozen server
     assert jobs == [("process_new_task", "SUCCESS", 1), ("send_welcome_email", "SUCCESS", 1)]
+
+
+async def test_a_job_that_finishes_while_redis_is_frozen_is_released_when_it_thaws(
+    own_servers: tuple[EmbeddedPostgres, EmbeddedValkey],
+    own_settings: Settings,
+    user: tuple[httpx.AsyncClient, dict[str, str]],
+) -> None:
+    """The worker's last word on a job (clear its in-progress key, take it off the queue) is said again
+    once Redis answers: lost, it left the job held by a live worker until arq's in-progress key expired
+    (the job's timeout), with nothing running it."""
+    client, headers = user
+    calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 1, "b": 2, "step_seconds": 1})
+    job_id = calc.json()["job_id"]
+    async with background_worker(own_settings, slow=True) as worker, Redis.from_url(own_settings.redis_url) as redis:
+        await _until_state(own_settings, job_id, {"PROGRESS"}, step=4)  # of 5, one second apart
+        with frozen(_pid(own_servers[1])):  # its last progress goes unannounced, then its end is refused
+            await _until_state(own_settings, job_id, {"SUCCESS"})
+            for _ in range(300):
+                if job_id in worker.unfinished.jobs:
+                    break
+                await asyncio.sleep(0.05)
+        thawed = time.monotonic()
+        while await redis.exists(keys.ARQ_IN_PROGRESS + job_id, keys.ARQ_JOB + job_id):
+            assert time.monotonic() - thawed < 5, "the job is still held in Redis by a worker not running it"
+            await asyncio.sleep(0.05)
+        assert await redis.zscore(keys.SLOW_QUEUE, job_id) is None
+        assert await redis.exists(keys.ARQ_RESULT + job_id)
+
+
+async def _until_state(settings: Settings, job_id: str, states: set[str], *, step: int = 0) -> None:
+    async with Database(settings.database_url) as db:
+        for _ in range(400):
+            query = "SELECT state, (progress->>'current')::int AS step FROM jobs WHERE job_id = :job_id"
+            row = await db.fetch_one(query, {"job_id": job_id})
+            state = row and row["state"]
+            if state in states and (row["step"] or 0) >= step:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} is {state}, not one of {states}")
 
 
 async def _until_final(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Job status changes, announced: published on the job's Redis channel for live followers (the API's
 Server-Sent Events, service.api.streams) and counted in the metrics."""
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -14,6 +15,8 @@ from service.core.metrics import add_job_metrics
 from service.core.schemas import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
+
+ANNOUNCE_TIMEOUT = 1.0  # seconds
 
 
 class JobEvent(BaseModel):
@@ -35,17 +38,19 @@ class Announcement(NamedTuple):
 async def announce(redis: Redis, announcements: Sequence[Announcement]) -> None:
     """Publish each change and count its metric, all in one round trip.
 
-    Best effort: followers that miss a message find the change in PostgreSQL a few seconds later.
+    Best effort, and bounded: followers that miss a message find the change in PostgreSQL a few seconds
+    later, and a job does not wait on a Redis that does not answer (a worker's commands are retried
+    through an outage) longer than ANNOUNCE_TIMEOUT.
     """
     try:
-        async with redis.pipeline(transaction=False) as pipe:
+        async with asyncio.timeout(ANNOUNCE_TIMEOUT), redis.pipeline(transaction=False) as pipe:
             for record, _, _ in announcements:
                 event = JobEvent(version=record.version, status=record.status())
                 pipe.publish(keys.job_events(record.job_id), event.model_dump_json())
             counted = [(record.name, metric, seconds) for record, metric, seconds in announcements if metric]
             add_job_metrics(pipe, counted)
             await pipe.execute()
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, TimeoutError) as exc:
         log.warning("could not publish the status of %d job(s): %r", len(announcements), exc)
 
 

@@ -297,9 +297,37 @@ async def _finished(ha: HACluster, job_ids: list[str], *, since: float) -> float
         rows = await ha.sql("SELECT count(*) AS n FROM jobs WHERE job_id = ANY($1) AND finished_at IS NULL", job_ids)
         if rows[0]["n"] == 0:
             break
-        assert time.monotonic() - since < 120, "the cut host's jobs never finished elsewhere"
+        if time.monotonic() - since > 120:
+            raise AssertionError(f"the cut host's jobs never finished elsewhere: {await _where(ha, job_ids)}")
         await asyncio.sleep(0.2)
     return time.monotonic() - since
+
+
+async def _where(ha: HACluster, job_ids: list[str]) -> list[dict[str, Any]]:
+    """What PostgreSQL and Redis say of each job, to explain a failure."""
+    from redis.asyncio.sentinel import Sentinel
+
+    from service.core import keys
+
+    rows = await ha.sql("SELECT job_id, state, tries, worker_id FROM jobs WHERE job_id = ANY($1)", job_ids)
+    sentinel = Sentinel([(s.host, s.port) for s in ha.sentinels], socket_timeout=2)  # type: ignore[no-untyped-call]
+    redis = sentinel.master_for(MASTER)
+    try:
+        found = []
+        for row in rows:
+            job_id = row["job_id"]
+            found.append({
+                **dict(row),
+                "queued": await redis.zscore(keys.QUEUE, job_id),
+                "job key": bool(await redis.exists(keys.ARQ_JOB + job_id)),
+                "in progress": await redis.get(keys.ARQ_IN_PROGRESS + job_id),
+                "in progress ttl": await redis.pttl(keys.ARQ_IN_PROGRESS + job_id),
+                "result": bool(await redis.exists(keys.ARQ_RESULT + job_id)),
+                "live workers": await redis.zrange(keys.WORKERS, 0, -1, withscores=True),
+            })  # fmt: skip
+        return found
+    finally:
+        await redis.aclose()
 
 
 @pytest.mark.parametrize("ha", [{"REMINDER_EVERY_SECONDS": "10"}], indirect=True)

@@ -10,7 +10,11 @@ from sqlalchemy.dialects.postgresql import insert
 
 from service.core.tables import emails
 
-CLAIM_LEASE = "2 minutes"  # a claim older than this, never marked sent, was lost with its worker
+# A claim older than this, never marked sent, was made by a run that has ended: longer than any email
+# job may run (their timeout is 15 s; arq cancels them a second later), so that another run waits no
+# longer than needed when a worker is lost with its claim.
+CLAIM_LEASE_SECONDS = 30
+LEASE = sa.text(f"interval '{CLAIM_LEASE_SECONDS} seconds'")
 
 
 async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id: str) -> bool:
@@ -26,7 +30,7 @@ async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id:
                 emails.c.sent_at.is_(None),
                 sa.or_(
                     emails.c.job_id == job_id,
-                    emails.c.claimed_at < sa.func.now() - sa.text(f"interval '{CLAIM_LEASE}'"),
+                    emails.c.claimed_at < sa.func.now() - LEASE,
                 ),
             ),
         )
@@ -47,6 +51,13 @@ async def release(db: Database, *, key: str, job_id: str) -> None:
         .values(claimed_at=sa.func.to_timestamp(0))
     )
     await db.execute(query)
+
+
+async def lease_left(db: Database, *, key: str) -> float:
+    """Seconds until the claim on the email named key has outlived its lease (0 if it has, or is gone)."""
+    left = sa.func.extract("epoch", emails.c.claimed_at + LEASE - sa.func.now())
+    seconds = await db.fetch_val(sa.select(sa.func.greatest(left, 0)).where(emails.c.key == key))
+    return float(seconds or 0)
 
 
 async def was_sent(db: Database, *, key: str) -> bool:
