@@ -81,7 +81,9 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     token_form = paths["/auth/token"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in token_form
     tasks = paths["/tasks"]["get"]
-    assert {param["name"] for param in tasks["parameters"]} == {"limit", "offset", "status", "due_before"}
+    query = {param["name"] for param in tasks["parameters"] if "$ref" not in param}
+    assert query == {"limit", "offset", "status", "due_before"}
+    assert {"$ref": "#/components/parameters/RequestId"} in tasks["parameters"]
     assert tasks["security"] == [{"OAuth2PasswordBearer": []}]
     assert document["components"]["schemas"]["UserCreate"]["additionalProperties"] is False
     assert "hashed_password" not in document["components"]["schemas"]["UserPublic"]["properties"]
@@ -93,3 +95,4 @@ async def test_docs_page_renders_the_document(client: httpx.AsyncClient) -> None
     assert page.headers["content-type"].startswith("text/html")
     assert "/auth/register" in page.text
     assert "UserCreate" in page.text
+    assert "<code>Idempotency-Key</code></td><td>header</td>" in page.text  # parameters declared once, by $ref

@@ -103,9 +103,13 @@ async def test_idempotency_key_gives_one_job_and_one_row(
 
     different = await client.post("/tasks", headers=headers, json={"title": "something else"})
     assert different.status_code == 422
-    assert different.json() == {"detail": "This Idempotency-Key was already used for a different request"}
+    message = "This Idempotency-Key was already used for a different request"
+    assert different.json() == {
+        "detail": [{"loc": ["header", "Idempotency-Key"], "msg": message, "type": "idempotency_mismatch"}]
+    }
     too_long = await client.post("/tasks", headers={**alice, "Idempotency-Key": "k" * 256}, json={"title": "x"})
     assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
 
     bob = await make_user("bob")  # the same key from someone else is their own job
     theirs = await client.post("/tasks", headers={**bob, "Idempotency-Key": "order-42"}, json={"title": "once"})

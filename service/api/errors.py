@@ -73,16 +73,28 @@ class Unavailable(APIError):
 
 
 class InvalidRequest(APIError):
-    """Field-level validation errors from pydantic, located in the body, the query or the path."""
+    """Field-level validation errors, each located in the body, the query, the path or a header:
+    {"detail": [{"loc": [...], "msg": ..., "type": ...}]}."""
 
     status_code = 422
 
-    def __init__(self, error: ValidationError, location: str) -> None:
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("Invalid request")
-        self.errors = [
-            {"loc": [location, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-            for err in error.errors(include_url=False, include_input=False, include_context=False)
-        ]
+        self.errors = errors
+
+    @classmethod
+    def of(cls, error: ValidationError, location: str) -> "InvalidRequest":
+        """pydantic's errors, located."""
+        return cls(
+            [
+                {"loc": [location, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                for err in error.errors(include_url=False, include_input=False, include_context=False)
+            ]
+        )
+
+    @classmethod
+    def header(cls, name: str, message: str, kind: str) -> "InvalidRequest":
+        return cls([{"loc": ["header", name], "msg": message, "type": kind}])
 
 
 def _api_error(request: Request, exc: Exception) -> Response:
@@ -97,13 +109,13 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 
 # The status of each refusal the core can raise; the message is the core's own.
-DOMAIN_STATUS: Mapping[type[DomainError], int] = MappingProxyType(
-    {AlreadyExists: 409, IdempotencyMismatch: 422, QueueFull: 429}
-)
+DOMAIN_STATUS: Mapping[type[DomainError], int] = MappingProxyType({AlreadyExists: 409, QueueFull: 429})
 
 
 def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
+    if isinstance(exc, IdempotencyMismatch):  # a 422 like any other: located, in a list
+        return _api_error(request, InvalidRequest.header("Idempotency-Key", exc.message, "idempotency_mismatch"))
     status = next(code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind))
     headers = {"Retry-After": "5"} if status == 429 else None
     return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)

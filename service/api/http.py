@@ -16,14 +16,14 @@ async def parse_body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate_json(body or b"null")
     except ValidationError as exc:
-        raise InvalidRequest(exc, "body") from None
+        raise InvalidRequest.of(exc, "body") from None
 
 
 def parse_query(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        raise InvalidRequest(exc, "query") from None
+        raise InvalidRequest.of(exc, "query") from None
 
 
 async def parse_form(request: Request, model: type[Model]) -> Model:
@@ -32,4 +32,4 @@ async def parse_form(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidRequest(exc, "body") from None
+        raise InvalidRequest.of(exc, "body") from None

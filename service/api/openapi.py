@@ -47,6 +47,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     auth: bool = True
     media_type: str = "application/json"
+    headers: tuple[str, ...] = ()  # request headers it reads, by their names in HEADER_PARAMETERS
 
 
 def operation(**spec: Any) -> Callable[[Endpoint], Endpoint]:
@@ -123,17 +124,57 @@ def _content(schema: dict[str, Any], media_type: str = "application/json") -> di
     return {media_type: {"schema": schema}}
 
 
+# Request headers, declared once and referred to by the operations that read them.
+HEADER_PARAMETERS: dict[str, Any] = {
+    "RequestId": {
+        "name": "X-Request-ID",
+        "in": "header",
+        "required": False,
+        "description": "Your id for this request (1-64 of A-Z a-z 0-9 . _ : -); echoed back, and in the logs of "
+        "the jobs it starts. One is made up when absent or unfit.",
+        "schema": {"type": "string"},
+    },
+    "IdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Sent again with a retried request, the same key returns the same job instead of a second "
+        "one (422 if the body differs).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+    },
+}
+# Response headers, declared once, by their names.
+RESPONSE_HEADERS: dict[str, Any] = {
+    "X-Request-ID": {"description": "The request's id (yours, or one made up)", "required": True,
+                     "schema": {"type": "string"}},
+    "Location": {"description": "Where to follow the job", "required": True, "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before trying again", "required": True,
+                    "schema": {"type": "integer", "minimum": 1}},
+    "WWW-Authenticate": {"description": "The authentication scheme: Bearer", "required": True,
+                         "schema": {"type": "string"}},
+}  # fmt: skip
+
+
+def _headers(status: int) -> dict[str, Any]:
+    """The headers a response with this status carries."""
+    names = ["X-Request-ID"]
+    names += ["Location"] if status == 202 else []
+    names += ["Retry-After"] if status in (429, 503) else []
+    names += ["WWW-Authenticate"] if status == 401 else []
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
 def _operation(route: Route, spec: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": spec.summary, "tags": [spec.tag], "operationId": route.name}
     params = _path_parameters(route) + (_query_parameters(spec.query) if spec.query else [])
-    if params:
-        op["parameters"] = params
+    params += [{"$ref": f"#/components/parameters/{name}"} for name in (*spec.headers, "RequestId")]
+    op["parameters"] = params
     if spec.body is not None:
         op["requestBody"] = {"required": True, "content": _content(refs[spec.body, "validation"])}
     if spec.form is not None:
         form = refs[spec.form, "validation"]
         op["requestBody"] = {"required": True, "content": _content(form, "application/x-www-form-urlencoded")}
-    success: dict[str, Any] = {"description": STATUS_TEXT.get(spec.status, "OK")}
+    success: dict[str, Any] = {"description": STATUS_TEXT.get(spec.status, "OK"), "headers": _headers(spec.status)}
     if spec.events is not None:
         success["content"] = _content(_event_schema(refs[spec.events, "serialization"]), "text/event-stream")
     elif spec.response is not None:
@@ -150,6 +191,7 @@ def _operation(route: Route, spec: Operation, refs: dict[Any, Any]) -> dict[str,
         schema_name = "ValidationErrorDetail" if status == 422 else "ErrorDetail"
         op["responses"][str(status)] = {
             "description": STATUS_TEXT[status],
+            "headers": _headers(status),
             "content": _content({"$ref": REF.format(model=schema_name)}),
         }
     if spec.auth:
@@ -161,7 +203,7 @@ ERROR_SCHEMAS: dict[str, Any] = {
     "ErrorDetail": {
         "type": "object",
         "required": ["detail"],
-        "properties": {"detail": {}},
+        "properties": {"detail": {"type": "string", "description": "What went wrong, for a person"}},
     },
     "ValidationErrorDetail": {
         "type": "object",
@@ -196,6 +238,8 @@ def openapi_document(routes: Iterable[BaseRoute], *, title: str, version: str) -
         "paths": paths,
         "components": {
             "schemas": {**definitions.get("$defs", {}), **ERROR_SCHEMAS},
+            "parameters": HEADER_PARAMETERS,
+            "headers": RESPONSE_HEADERS,
             "securitySchemes": {
                 SECURITY_SCHEME: {"type": "oauth2", "flows": {"password": {"tokenUrl": "/auth/token", "scopes": {}}}}
             },

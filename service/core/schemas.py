@@ -88,6 +88,9 @@ def _null_only_where_allowed(schema: dict[str, Any], model: type[BaseModel]) -> 
         if name not in nullable and "anyOf" in prop:
             kept = [branch for branch in prop.pop("anyOf") if branch.get("type") != "null"]
             prop.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+            # Left out, the field stays as it is: no default to state (null would not fit the schema).
+            if prop.get("default", ...) is None:
+                del prop["default"]
 
 
 class Patch(Incoming):

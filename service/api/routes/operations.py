@@ -53,7 +53,8 @@ async def readyz(request: Request) -> Response:
     checks = {"database": database, "redis": redis}
     down = [name for name, result in checks.items() if result != "ok"]
     if down:
-        return JSONResponse({"detail": f"unavailable: {', '.join(down)}", "checks": checks}, status_code=503)
+        detail = f"unavailable: {', '.join(down)}"
+        return JSONResponse({"detail": detail, "checks": checks}, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse({"status": "ok", "checks": checks})
 
 

@@ -7,7 +7,7 @@ from starlette.routing import Route
 
 from service.api.auth import client_ip, current_user, token_subject
 from service.api.background import accepted, own_job, submitter, within_quota
-from service.api.errors import APIError, Forbidden, NotFound
+from service.api.errors import Forbidden, InvalidRequest, NotFound
 from service.api.http import parse_body
 from service.api.openapi import operation
 from service.api.owned import OwnedEndpoints
@@ -23,17 +23,13 @@ endpoints = OwnedEndpoints(
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as header values should be
 
 
-class BadIdempotencyKey(APIError):
-    status_code = 422
-    detail = "Idempotency-Key must be 1 to 255 visible ASCII characters"
-
-
 def task_job_id(owner_id: int, idempotency_key: str | None) -> str | None:
     """The same key from the same user names the same job: the retried POST finds it instead of a new one."""
     if idempotency_key is None:
         return None
     if not IDEMPOTENCY_KEY.match(idempotency_key):
-        raise BadIdempotencyKey()
+        message = "Must be 1 to 255 visible ASCII characters"
+        raise InvalidRequest.header("Idempotency-Key", message, "string_pattern_mismatch")
     return f"task-{owner_id}-{hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]}"
 
 
@@ -42,7 +38,7 @@ def _status_url(job_id: str) -> str:
 
 
 @operation(summary="Create a task (in the background)", tag="tasks", body=TaskCreate, response=JobAccepted, status=202,
-           errors=(422, 429))  # fmt: skip
+           errors=(422, 429), headers=("IdempotencyKey",))  # fmt: skip
 async def create_task(request: Request) -> Response:
     token_subject(request)  # 401 before anything else
     data = await parse_body(request, TaskCreate)
