@@ -34,15 +34,16 @@ from service.core.dispatch import Dispatcher, record_job
 from service.dev import migrate
 from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.dev.servers import ensure_database
-from tests.bench import timing
+from tests.bench import profile, timing
 
 PROJECT = Path(__file__).resolve().parents[2]
 REPORT = PROJECT / "docs" / "benchmarks.md"
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench password"
-CONNECTIONS = 64
+CONNECTIONS = (16, 64)  # wrk's concurrent connections: a few busy clients, and many
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 JOBS = int(os.environ.get("BENCH_JOBS", "5000"))
 SOAK = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
 PICKUPS = 200
@@ -61,6 +62,12 @@ class Figure:
     def best(self) -> float:
         return max(self.runs)
 
+    def ratio(self, baseline: "Figure") -> str:
+        """min-max of this figure over the baseline's, run by run (each pair measured one after the other)."""
+        ratios = [mine / theirs for mine, theirs in zip(self.runs, baseline.runs, strict=True)]
+        low, high = min(ratios), max(ratios)
+        return f"{high:.2f}x" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}x"
+
     def spread(self, unit: str = "") -> str:
         low, high = min(self.runs), max(self.runs)
         return (
@@ -77,6 +84,7 @@ class Bench:
     valkey: EmbeddedValkey = field(init=False)
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, figure, latency, ratio
     notes: list[str] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)  # insert jobs/s, by worker, for the ratios
 
     @property
     def database_url(self) -> str:
@@ -168,7 +176,7 @@ def wrk(
     method: str = "GET",
     body: str | None = None,
     headers: dict[str, str] | None = None,
-    connections: int = CONNECTIONS,
+    connections: int = 64,
     seconds: int = DURATION,
 ) -> tuple[float, float, float]:
     """Requests per second, p50 and p99 in milliseconds."""
@@ -195,13 +203,20 @@ def _ms(out: str, quantile: str) -> float:
 
 
 def measure(run: Callable[[], tuple[float, float, float]]) -> Figure:
-    figure = Figure()
+    return measure_together({"": run})[""]
+
+
+def measure_together(runs: dict[str, Callable[[], tuple[float, float, float]]]) -> dict[str, Figure]:
+    """Each run REPEATS times, in turns (a, b, c, a, b, c, ...): a ratio of two of them, run by run,
+    compares figures measured seconds apart, on the same machine in the same state."""
+    figures = {name: Figure() for name in runs}
     for _ in range(REPEATS):
-        rps, p50, p99 = run()
-        figure.runs.append(rps)
-        figure.p50.append(p50)
-        figure.p99.append(p99)
-    return figure
+        for name, run in runs.items():
+            rps, p50, p99 = run()
+            figures[name].runs.append(rps)
+            figures[name].p50.append(p50)
+            figures[name].p99.append(p99)
+    return figures
 
 
 def latency(figure: Figure) -> str:
@@ -217,35 +232,40 @@ def http_benchmarks(bench: Bench) -> None:
         auth = _login(ours)
         post = {**auth, "Content-Type": "application/json"}
         task = json.dumps({"title": "Benchmark the service", "priority": "high"})
-        const = measure(lambda: wrk(f"{base}/const"))
-        checked = measure(lambda: wrk(f"{base}/jwt", headers=auth))
-        raw_arq = measure(lambda: wrk(f"{base}/enqueue", method="POST", body=task, headers=post))
-        tasks = measure(lambda: wrk(f"{ours}/tasks", method="POST", body=task, headers=post))
+        found = {}
+        for c in CONNECTIONS:
+            found[c] = measure_together({
+                "const": lambda c=c: wrk(f"{base}/const", connections=c),
+                "jwt": lambda c=c: wrk(f"{base}/jwt", headers=auth, connections=c),
+                "arq": lambda c=c: wrk(f"{base}/enqueue", method="POST", body=task, headers=post, connections=c),
+                "ours": lambda c=c: wrk(f"{ours}/tasks", method="POST", body=task, headers=post, connections=c),
+            })  # fmt: skip
         api_rss = rss_mb(service.pid)
     finally:
         stop(service)
         stop(baseline)
     celery = celery_baseline(bench, task, post)
-    bench.rows += [
-        ("Starlette, constant JSON (baseline)", const.spread(" req/s"), latency(const), ""),
-        ("Starlette, JWT check only (baseline)", checked.spread(" req/s"), latency(checked), ""),
-        ("Starlette + raw arq `enqueue_job` (baseline)", raw_arq.spread(" req/s"), latency(raw_arq), "1.00x"),
-        (
-            "**ours: `POST /tasks`** (JWT, user, validation, job row, enqueue, metrics)",
-            tasks.spread(" req/s"),
-            latency(tasks),
-            f"{tasks.best() / raw_arq.best():.2f}x raw arq"
-            + (f", {tasks.best() / celery.best():.1f}x FastAPI + Celery" if celery else ""),
-        ),
-    ]
-    if celery:
-        bench.rows.insert(
-            len(bench.rows) - 1,
+    for connections, figures in found.items():
+        const, checked, raw_arq, tasks = figures["const"], figures["jwt"], figures["arq"], figures["ours"]
+        at = f", {connections} connections"
+        bench.rows += [
+            (f"Starlette, constant JSON (baseline){at}", const.spread(" req/s"), latency(const), "the machine's speed"),
+            (f"Starlette, JWT check only (baseline){at}", checked.spread(" req/s"), latency(checked), ""),
+            (f"Starlette + raw arq `enqueue_job` (baseline){at}", raw_arq.spread(" req/s"), latency(raw_arq), "1.00x"),
             (
-                "FastAPI + Celery `.delay()`, as in the classic tutorial (baseline)",
+                f"**ours: `POST /tasks`** (JWT, user, quota, validation, job row, enqueue, metrics){at}",
+                tasks.spread(" req/s"),
+                latency(tasks),
+                f"{tasks.ratio(raw_arq)} raw arq, {tasks.ratio(checked)} JWT-only",
+            ),
+        ]
+    if celery:
+        bench.rows.append(
+            (
+                "FastAPI + Celery `.delay()`, as in the classic tutorial (baseline), 64 connections",
                 celery.spread(" req/s"),
                 latency(celery),
-                "",
+                f"ours: {found[64]['ours'].best() / celery.best():.1f}x (best runs)",
             ),
         )
     bench.notes.append(f"API process RSS after its load: {api_rss:.0f} MB.")
@@ -420,17 +440,31 @@ async def _wait_done(bench: Bench, count: int, timeout: float = 300) -> None:
     raise RuntimeError("our worker did not finish the jobs in time")
 
 
-def ours_worker(bench: Bench) -> None:
+def _ours_rate(bench: Bench, processes: int) -> tuple[float, float]:
+    """JOBS queued beforehand, then taken by this many worker processes: jobs/s, and the first one's RSS."""
     asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
     asyncio.run(bench.flush_redis())
     asyncio.run(_submit_ours(bench, JOBS))
-    worker = bench.process([sys.executable, "-m", "jobs"], "worker")
+    workers = [bench.process([sys.executable, "-m", "jobs"], f"worker-{n}") for n in range(processes)]
     try:
         asyncio.run(_wait_done(bench, JOBS))
         rate, _ = asyncio.run(_ours_window(bench, JOBS))
-        worker_rss = rss_mb(worker.pid)
-        asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
-        idle = asyncio.run(_idle_commands(bench))
+        return rate, rss_mb(workers[0].pid)
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
+def ours_worker(bench: Bench) -> None:
+    runs = [_ours_rate(bench, 1) for _ in range(REPEATS)]
+    rates = [rate for rate, _ in runs]
+    bench.rates["ours"] = max(rates)
+    two = max(_ours_rate(bench, 2)[0] for _ in range(2))
+    asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
+    asyncio.run(bench.flush_redis())
+    worker = bench.process([sys.executable, "-m", "jobs"], "worker-idle")
+    try:
+        idle = asyncio.run(_idle_commands(bench, IDLE_SECONDS))
         asyncio.run(_submit_ours(bench, PICKUPS, spacing=0.02))
         asyncio.run(_wait_done(bench, PICKUPS))
         _, pickups = asyncio.run(_ours_window(bench, PICKUPS))
@@ -439,12 +473,20 @@ def ours_worker(bench: Bench) -> None:
     bench.rows.append(
         (
             "**ours: `process_new_task`**, 1 worker process (insert + job history + events + metrics)",
-            f"{rate:,.0f} jobs/s",
+            Figure(runs=rates).spread(" jobs/s"),
             _pickup(pickups),
-            f"{idle:.0f} Redis commands/s idle",
+            f"{idle:.1f} Redis commands/s idle (over {IDLE_SECONDS} s)",
         )
     )
-    bench.notes.append(f"Worker RSS after {JOBS:,} jobs: {worker_rss:.0f} MB.")
+    bench.rows.append(
+        (
+            "**ours: `process_new_task`**, 2 worker processes",
+            f"{two:,.0f} jobs/s",
+            "",
+            f"{two / max(rates):.2f}x one process (best runs)",
+        )
+    )
+    bench.notes.append(f"Worker RSS after {JOBS:,} jobs: {max(rss for _, rss in runs):.0f} MB.")
 
 
 async def _idle_commands(bench: Bench, seconds: float = 10.0) -> float:
@@ -517,22 +559,25 @@ def baseline_workers(bench: Bench) -> None:
     for kind, label in (
         ("arq-default", "arq, defaults (max_jobs 10, poll 0.5 s)"),
         ("arq-tuned", "arq, tuned (max_jobs 100, poll 0.01 s)"),
-        ("saq", "SAQ (blocking dequeue, concurrency 100)"),
+        ("saq", "SAQ (blocking dequeue, concurrency 100, max_concurrent_ops 100)"),
     ):
         if kind == "saq" and not _saq_installed():
             bench.notes.append("SAQ is not installed beside arq here: its rows are missing.")
             continue
-        rates = {}
-        for function in ("noop", "insert"):
-            result = baseline_worker(bench, kind, function)
-            rates[function] = result["done"] / (result["last_finish"] - result["first_start"])
+        rates: dict[str, list[float]] = {"noop": [], "insert": []}
+        for _ in range(REPEATS):
+            for function in ("noop", "insert"):
+                result = baseline_worker(bench, kind, function)
+                rates[function].append(result["done"] / (result["last_finish"] - result["first_start"]))
+        bench.rates[kind] = max(rates["insert"])
         pickups = baseline_worker(bench, kind, "noop", pickups=True)["pickups"]
+        mine = bench.rates.get("ours")
         bench.rows.append(
             (
                 f"{label} (baseline)",
-                f"{rates['noop']:,.0f} noop, {rates['insert']:,.0f} insert jobs/s",
+                f"{Figure(runs=rates['noop']).spread()} noop, {Figure(runs=rates['insert']).spread()} insert jobs/s",
                 _pickup(pickups),
-                "",
+                f"ours: {mine / bench.rates[kind]:.2f}x its insert jobs/s (best runs)" if mine else "",
             )
         )
 
@@ -554,6 +599,34 @@ def keeping_time(bench: Bench) -> None:
         bench.rows.append((f"keeping time: {event}", "", f"ours: {quantiles(ours)}", baseline))
 
 
+def profiles(bench: Bench) -> None:
+    """Where the CPU goes: py-spy on the API under POST /tasks, and on a worker taking JOBS jobs."""
+    asyncio.run(bench.flush_redis())
+    service, ours = bench.serve("service.app:create_app", "api-profile", factory=True)
+    api_samples = bench.base / "api.profile.txt"
+    try:
+        post = {**_login(ours), "Content-Type": "application/json"}
+        task = json.dumps({"title": "Profile the service", "priority": "high"})
+        recorder = profile.record(service.pid, DURATION, api_samples)
+        wrk(f"{ours}/tasks", method="POST", body=task, headers=post, connections=64, seconds=DURATION)
+        recorder.wait(60)
+    finally:
+        stop(service)
+    asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
+    asyncio.run(bench.flush_redis())
+    asyncio.run(_submit_ours(bench, JOBS))
+    worker = bench.process([sys.executable, "-m", "jobs"], "worker-profile")
+    worker_samples = bench.base / "worker.profile.txt"
+    try:
+        time.sleep(1)  # started, taking jobs
+        profile.record(worker.pid, 4, worker_samples).wait(60)
+        asyncio.run(_wait_done(bench, JOBS))
+    finally:
+        stop(worker)
+    bench.notes.append(f"Profile of the API under `POST /tasks` (64 connections): {profile.summary(api_samples)}.")
+    bench.notes.append(f"Profile of a worker taking `process_new_task` jobs: {profile.summary(worker_samples)}.")
+
+
 def _saq_installed() -> bool:
     return subprocess.run([sys.executable, "-c", "import saq"], capture_output=True).returncode == 0
 
@@ -563,8 +636,9 @@ def render(bench: Bench) -> str:
         "# Benchmarks",
         "",
         f"`make bench`, {time.strftime('%Y-%m-%d')}, on {os.cpu_count()} cores shared by the load generator (wrk, "
-        f"{CONNECTIONS} connections, {DURATION} s x {REPEATS} runs), the server, PostgreSQL and Valkey. One uvicorn "
-        "process, one worker process. Ranges are min-max over the runs.",
+        f"{DURATION} s x {REPEATS} runs at each number of connections, in turns with the baselines), the server, "
+        "PostgreSQL and Valkey. One uvicorn process, one worker process unless said. Ranges are min-max over the "
+        "runs; a ratio range compares each run with the baseline's run just before it.",
         "",
         "| what | throughput | latency | ratio / note |",
         "|---|---|---|---|",
@@ -583,6 +657,7 @@ BENCHMARKS: dict[str, Callable[[Bench], None]] = {
     "baselines": baseline_workers,
     "timing": keeping_time,
     "soak": soak,
+    "profile": profiles,
 }
 # BENCH_PARTS=timing,worker make bench: only those parts (all by default), to measure one change quickly.
 PARTS = [part for part in os.environ.get("BENCH_PARTS", ",".join(BENCHMARKS)).split(",") if part]

@@ -4,7 +4,7 @@ and each job's pickup delay, as recorded in process (no extra Redis or SQL on th
 
     arq-default   arq with its defaults (max_jobs 10, poll_delay 0.5 s)
     arq-tuned     arq with max_jobs 100, poll_delay 0.01 s
-    saq           SAQ's worker (blocking dequeue), concurrency 100
+    saq           SAQ's worker (blocking dequeue), concurrency 100, max_concurrent_ops 100
 """
 
 import asyncio
@@ -105,7 +105,8 @@ async def run_saq(expected: int) -> Clock:
             await conn.execute(INSERT, title)
         clock.ended()
 
-    queue = Queue.from_url(REDIS_URL)
+    # Its default of 20 Redis operations at once would cap a worker of concurrency 100.
+    queue = Queue.from_url(REDIS_URL, max_concurrent_ops=100)
     worker = Worker(queue, functions=[("noop", noop), ("insert", insert)], concurrency=100)
     task = asyncio.create_task(worker.start())
     await clock.finished.wait()
