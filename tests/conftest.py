@@ -32,6 +32,7 @@ from service.dev import mailcatcher, migrate
 from service.dev.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.dev.mailcatcher import CaughtMail
 from service.dev.servers import ensure_database
+from tests.browser import browser  # noqa: F401  (a fixture: headless Chromium)
 from tests.processes import Proc, clean_env, python, start, stopped_at_exit, wait_http
 
 TEST_SECRET = "test-secret-" + "x" * 40

@@ -85,7 +85,7 @@ async def test_descriptions_keep_their_line_breaks(client: httpx.AsyncClient, ma
 
 
 async def test_html_pages_carry_security_headers(client: httpx.AsyncClient) -> None:
-    for path in ("/dashboard/login", "/docs"):
+    for path in ("/dashboard/login", "/docs", "/docs/reference"):
         page = await client.get(path)
         assert page.headers["content-type"].startswith("text/html")
         policy = page.headers["content-security-policy"]

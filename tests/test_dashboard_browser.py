@@ -1,47 +1,17 @@
 """The dashboard in real headless Chromium, against real uvicorn and arq processes."""
 
-import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from databases import Database
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.conftest import PASSWORD, Deployment, MailBox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
-# Headless, and quiet on a closed network: without these Chromium keeps calling home.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("CI must have Chromium: `make browser` installs Debian's package")
-    pytest.skip("no Chromium on this machine: `make browser` (as root on Debian) or your package manager installs it")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
 
 
 async def _user(client: httpx.AsyncClient, name: str) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Property-based: schemathesis over every documented operation, and a stateful model of the task API."""
 
 import asyncio
+import re
 import time
 import uuid
 from typing import Any
@@ -63,7 +64,10 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(deploy
     output, _ = await asyncio.wait_for(process.communicate(), 540)
     report = output.decode(errors="replace")[-8000:]
     assert process.returncode == 0, report
-    assert "Authentication failed" not in report  # every operation was reached with a working token
+    # Every operation was reached with a working token; only the token endpoint may answer nothing but
+    # 401: the fuzzer's made-up credentials are all wrong.
+    refused = set(re.findall(r"^\s+- ((?:GET|POST|PUT|PATCH|DELETE) \S+)$", report, re.MULTILINE))
+    assert "Authentication failed" not in report or refused <= {"POST /auth/token"}, report
     operations = sum(len(methods) for methods in document["paths"].values())
     assert f"Tested: {operations - len(EXCLUDED)}" in report
 

@@ -89,8 +89,18 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
     assert "hashed_password" not in document["components"]["schemas"]["UserPublic"]["properties"]
 
 
-async def test_docs_page_renders_the_document(client: httpx.AsyncClient) -> None:
+async def test_docs_is_swagger_ui_served_from_here(client: httpx.AsyncClient) -> None:
     page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "swagger-ui-bundle.js" in page.text and "<script>" not in page.text  # no inline script
+    for asset in ("/docs/ui/swagger-ui-bundle.js", "/docs/ui/swagger-ui.css", "/docs/init.js"):
+        served = await client.get(asset)
+        assert served.status_code == 200, asset
+    assert "/openapi.json" in (await client.get("/docs/init.js")).text
+
+
+async def test_docs_reference_renders_the_document(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs/reference")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "/auth/register" in page.text
