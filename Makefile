@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser nginx wrk run test chaos bench worker migrate lint clean
+.PHONY: help install browser nginx promtool wrk run test chaos bench worker migrate lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,14 @@ nginx: ## nginx, to check compose's reverse-proxy config: Debian's package, inst
 	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light >/dev/null; }; }; } || \
 	  echo "No nginx: install your distribution's nginx package to check the reverse proxy's config."
 
-test: install browser nginx ## the whole test suite, against servers it starts for itself
+promtool: ## promtool, to check the alert rules under deploy/: Debian's prometheus package, installed when root and missing
+	@command -v promtool >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >/dev/null; }; }; } || \
+	  echo "No promtool: install your distribution's prometheus package to check the alert rules."
+
+test: install browser nginx promtool ## the whole test suite, against servers it starts for itself
 	$(BIN)/python -m pytest
 
 chaos: install ## crashes, outages and floods against real processes; figures to docs/reliability.md
