@@ -14,6 +14,7 @@ import logging
 import sys
 
 import uvloop
+from arq.connections import ArqRedis
 from arq.worker import Worker, get_kwargs
 from redis.exceptions import RedisError
 
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 async def _clean_up(worker: Worker) -> None:
     """What arq's close() could not finish with Redis away: our shutdown hook, and the pool."""
     await shutdown(worker.ctx)  # idempotent: a no-op if arq got to run it
-    with contextlib.suppress(RedisError, OSError):
-        await worker.pool.aclose(close_connection_pool=True)
+    pool: ArqRedis | None = worker.pool  # None when close() got that far (its pool is closed then)
+    if pool is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await pool.aclose(close_connection_pool=True)
 
 
 if __name__ == "__main__":

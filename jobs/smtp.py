@@ -47,7 +47,10 @@ async def send_once(ctx: JobContext, *, key: str, to: str, subject: str, body: s
     """
     settings, db = ctx["settings"], ctx["db"]
     run = f"{ctx['job_id']}#{ctx['job_try']}"
-    if not await emails.claim(db, key=key, recipient=to, subject=subject, job_id=run):
+    claimed = await emails.claim(db, key=key, recipient=to, subject=subject, job_id=run)
+    if claimed == "retaken":
+        log.warning("email %s: an earlier run's claim ended unmarked; sending it again (it may have gone)", key)
+    if claimed is None:
         if await emails.was_sent(db, key=key):
             log.info("email %s was sent before; not sending it again", key)
             return False

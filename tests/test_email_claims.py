@@ -49,3 +49,16 @@ def test_a_claim_outlives_every_run_that_can_hold_it() -> None:
     for function in (send_welcome_email, send_email_confirmation, send_task_reminder_email):
         assert function.timeout_s is not None
         assert function.timeout_s + 5 < emails.CLAIM_LEASE_SECONDS
+
+
+async def test_a_claim_taken_over_after_its_lease_is_marked_as_possibly_sent_twice(db: Database) -> None:
+    """A run that takes over a claim whose lease passed unmarked cannot know whether that send went out:
+    the claim says so ("retaken"), and the worker logs it. A released claim (the send was refused,
+    nothing went out) is gone, so the next claim is new."""
+    fields = {"key": "k3", "recipient": "c@example.com", "subject": "s"}
+    assert await emails.claim(db, **fields, job_id="job-3#1") == "new"
+    assert await emails.claim(db, **fields, job_id="job-3#2") is None  # the first run's lease holds
+    await db.execute("UPDATE emails SET claimed_at = now() - interval '1 hour' WHERE key = 'k3'")
+    assert await emails.claim(db, **fields, job_id="job-3#2") == "retaken"
+    await emails.release(db, key="k3", job_id="job-3#2")
+    assert await emails.claim(db, **fields, job_id="job-3#3") == "new"

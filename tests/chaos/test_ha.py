@@ -251,14 +251,19 @@ async def test_a_worker_host_cut_off_for_thirty_seconds(ha: HACluster, figures: 
     await ha.settle()
     outcome = await ha.outcome(load, "cut-")
     reminders = Counter(mail.subject for mail in ha.mail.messages if mail.subject.startswith("Reminder: cut-"))
+    # A second copy is allowed only where a send's outcome was unknown to its run (the cut came between
+    # the SMTP server taking the message and PostgreSQL recording it): the run that took over says so.
+    unknown = sum(log.read_text().count("claim ended unmarked") for log in ha.base.glob("worker-*.log"))
     figures["Hosts: a worker host cut off the network for 30 s in the middle of its jobs"] = {
         **outcome,
         "jobs running on the cut host": len(held),
         "seconds until the other host had finished them": round(taken_over, 1),
         "reminders asked / sent / sent twice": f"100 / {len(reminders)} / {sum(n > 1 for n in reminders.values())}",
+        "sends whose outcome the cut made unknown": unknown,
     }
     assert (outcome["lost"], outcome["duplicated"], outcome["failed_jobs"]) == (0, 0, 0)
-    assert len(reminders) == 100 and all(n == 1 for n in reminders.values())
+    assert len(reminders) == 100 and all(n <= 2 for n in reminders.values())
+    assert sum(n > 1 for n in reminders.values()) <= unknown
 
 
 async def _remind_each(ha: HACluster, client: httpx.AsyncClient, headers: dict[str, str], count: int) -> None:

@@ -4,6 +4,8 @@ A claim belongs to one run of a job (its job id and try): another run, even of t
 cut off the network, its job run again elsewhere), waits for the claim to be marked sent, released, or
 to outlive its lease; the run that made it may still be sending."""
 
+from typing import Literal
+
 import sqlalchemy as sa
 from databases import Database
 from sqlalchemy.dialects.postgresql import insert
@@ -17,9 +19,14 @@ CLAIM_LEASE_SECONDS = 30
 LEASE = sa.text(f"interval '{CLAIM_LEASE_SECONDS} seconds'")
 
 
-async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id: str) -> bool:
-    """True if this run (job_id: the job's id and try) may send the email named key: nobody sent it, and
-    no live claim of another run holds it."""
+Claim = Literal["new", "retaken"]
+
+
+async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id: str) -> Claim | None:
+    """Whether this run (job_id: the job's id and try) may send the email named key: nobody sent it, and
+    no live claim of another run holds it. "retaken": an earlier claim ended unmarked (its lease
+    passed, or it was this run's own, given again): that send's outcome is unknown, so this one may
+    be a second copy. A released claim (the send was refused) is deleted, so claiming after it is new."""
     query = (
         insert(emails)
         .values(key=key, recipient=recipient, subject=subject, job_id=job_id)
@@ -34,9 +41,12 @@ async def claim(db: Database, *, key: str, recipient: str, subject: str, job_id:
                 ),
             ),
         )
-        .returning(emails.c.key)
+        .returning(sa.literal_column("xmax::text <> '0'", sa.Boolean))  # updated (an earlier claim), not inserted
     )
-    return await db.fetch_val(query) is not None
+    row = await db.fetch_one(query)
+    if row is None:
+        return None
+    return "retaken" if row[0] else "new"
 
 
 async def mark_sent(db: Database, *, key: str) -> None:
@@ -44,12 +54,8 @@ async def mark_sent(db: Database, *, key: str) -> None:
 
 
 async def release(db: Database, *, key: str, job_id: str) -> None:
-    """Give up this run's claim (its send failed): the next run may claim at once."""
-    query = (
-        emails.update()
-        .where(emails.c.key == key, emails.c.job_id == job_id, emails.c.sent_at.is_(None))
-        .values(claimed_at=sa.func.to_timestamp(0))
-    )
+    """Give up this run's claim (its send was refused: nothing went out): the next run may claim at once."""
+    query = emails.delete().where(emails.c.key == key, emails.c.job_id == job_id, emails.c.sent_at.is_(None))
     await db.execute(query)
 
 
