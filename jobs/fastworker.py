@@ -123,6 +123,7 @@ class FastWorker(Worker):
     def __init__(self, *args: Any, unfinished: Unfinished | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unfinished = unfinished or Unfinished()
+        self._closing = False  # set by close(): no job starts after it
         self._saying_again: asyncio.Task[None] | None = None
         self.poll_every = self.poll_delay_s  # used only where Redis gives no keyspace notifications
         self.poll_delay_s = 0  # our wait takes the place of arq's sleep between polls
@@ -157,6 +158,8 @@ class FastWorker(Worker):
         await super().main()
 
     async def _poll_iteration(self) -> None:
+        if self._closing:  # close() cancelled the poll loop, but a cancel can be lost in a wait's timeout
+            raise asyncio.CancelledError
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
             self._saying_again = asyncio.create_task(self._say_again())
@@ -208,7 +211,7 @@ class FastWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
+        if free <= 0 or not job_ids or self._closing:
             return
         timeout_ms = int(self.in_progress_timeout_s * 1000)
         if self._claim is None:
@@ -365,6 +368,7 @@ class FastWorker(Worker):
         """arq's close, except that a job it cancels does not skip the shutdown hook: arq gathers the
         jobs it has just cancelled and stops at the first CancelledError, before on_shutdown, so the
         worker stayed listed as alive and its database pool open."""
+        self._closing = True
         for task in (self._listener, self._saying_again):
             if task is not None:
                 task.cancel()

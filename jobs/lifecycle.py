@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from jobs.context import JobContext
 from jobs.retry import backoff, is_transient
 from jobs.smtp import EmailInFlight
-from service.core import keys
+from service.core import keys, tracing
 from service.core.events import publish
 from service.core.metrics import count_job_event
 from service.core.queries import job_records
@@ -80,13 +80,15 @@ async def _run(
             log.info("job %s %s is already final; not running it again", name, job_id)
             return None
         request_id.set(record.request_id)
-        log.info("job started", extra={"job": name, "job_id": job_id, "try": ctx["job_try"]})
-        await ctx["history"].announce(record, metric="started")
-        running_function = True
-        async with asyncio.timeout(timeout):
-            result = await function(ctx, **kwargs)
-        running_function = False
-        finished = await ctx["history"].succeeded(job_id=job_id, result=result)
+        queue, parent, attempt = record.queue_name, record.trace_context, ctx["job_try"]
+        with tracing.processing(job_id=job_id, name=name, queue=queue, trace_context=parent, attempt=attempt):
+            log.info("job started", extra={"job": name, "job_id": job_id, "try": ctx["job_try"]})
+            await ctx["history"].announce(record, metric="started")
+            running_function = True
+            async with asyncio.timeout(timeout):
+                result = await function(ctx, **kwargs)
+            running_function = False
+            finished = await ctx["history"].succeeded(job_id=job_id, result=result)
         await _ended(ctx, name, finished, "succeeded", started)
         stats.complete += 1
         return result

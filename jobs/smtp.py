@@ -6,8 +6,10 @@ import logging
 from email.message import EmailMessage
 
 import aiosmtplib
+from opentelemetry.trace import SpanKind
 
 from jobs.context import JobContext
+from service.core import tracing
 from service.core.queries import emails
 from service.core.settings import Settings
 
@@ -24,7 +26,11 @@ def message(settings: Settings, *, to: str, subject: str, body: str) -> EmailMes
 
 
 async def send(settings: Settings, email: EmailMessage) -> None:
-    await aiosmtplib.send(email, hostname=settings.smtp_host, port=settings.smtp_port, timeout=settings.smtp_timeout)
+    attributes: dict[str, str | int] = {"server.address": settings.smtp_host, "server.port": settings.smtp_port}
+    with tracing.tracer.start_as_current_span("smtp send", kind=SpanKind.CLIENT, attributes=attributes):
+        await aiosmtplib.send(
+            email, hostname=settings.smtp_host, port=settings.smtp_port, timeout=settings.smtp_timeout
+        )
 
 
 NOT_DELIVERED = (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPResponseException, ConnectionRefusedError)

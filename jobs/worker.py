@@ -28,7 +28,7 @@ from jobs.lifecycle import scheduled
 from jobs.reconcile import run_reconciler
 from jobs.reports import delete_old_reports, generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
-from service.core import jobcodec, keys
+from service.core import jobcodec, keys, tracing
 from service.core.connections import check_pool_fits, open_database, redis_credentials
 from service.core.logs import configure_logging
 from service.core.settings import Settings
@@ -144,6 +144,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def startup_process(ctx: dict[str, Any]) -> None:
     """As `startup`, for a worker that is its own process (the arq CLI): it owns the logging setup."""
     configure_logging(ctx["settings"])
+    tracing.configure("taskmanager-worker")
     await startup(ctx)
 
 

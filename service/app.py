@@ -19,6 +19,7 @@ from service.api.sessions import Sessions
 from service.api.state import AppState
 from service.api.streams import StreamHub
 from service.api.throttle import Throttle
+from service.core import tracing
 from service.core.connections import check_pool_fits, open_database, open_redis
 from service.core.dispatch import Dispatcher, user_caps
 from service.core.logs import configure_logging
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings = Settings()
         configure_logging(settings)
+        tracing.configure("taskmanager-api")
     routes = all_routes()
     http_metrics = HttpMetrics(CollectorRegistry(auto_describe=True))
     route_names = {route.endpoint: route.path_format for route in routes if isinstance(route, Route)}
@@ -66,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await redis.aclose()
             await db.disconnect()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestId),
@@ -78,3 +80,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    if tracing.active():  # the HTTP server span, the request's trace context its children's
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])
+    return app

@@ -32,6 +32,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 LONG_RUNNING = ("postgres", "redis", "mail", "proxy", "api", "worker", "slow-worker")
 ALL_SERVICES = ("postgres", "redis", "mail", "migrate", "proxy", "api", "worker", "slow-worker")
 UVICORN_ENV = {"FORWARDED_ALLOW_IPS"}  # read by uvicorn itself, set for the API alone
+OTEL_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT"}  # read by OpenTelemetry's SDK (service/core/tracing.py)
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 APP_SERVICES = ("api", "worker", "slow-worker")
 WORKER_SETTINGS = "jobs.worker.WorkerSettings"
@@ -264,7 +265,8 @@ def test_shared_environment_points_at_the_compose_services(services: dict[str, d
 def test_shared_environment_makes_valid_production_settings(services: dict[str, dict[str, Any]]) -> None:
     given = {"JWT_SECRET": "s" * 48}
     given_env = services["api"]["environment"].items()
-    environment = {key: interpolate(str(value), given) for key, value in given_env if key not in UVICORN_ENV}
+    ours = [(key, value) for key, value in given_env if key not in UVICORN_ENV | OTEL_ENV]
+    environment = {key: interpolate(str(value), given) for key, value in ours}
     unknown = {key for key in environment if key.lower() not in Settings.model_fields}
     assert not unknown, f"compose sets variables the service never reads: {sorted(unknown)}"
     settings = Settings(_env_file=None, **{key.lower(): value for key, value in environment.items()})

@@ -18,7 +18,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from databases import Database
 
-from service.core import jobcodec, keys
+from service.core import jobcodec, keys, tracing
 from service.core.batching import Batcher
 from service.core.errors import IdempotencyMismatch, QueueFull
 from service.core.events import publish
@@ -58,13 +58,15 @@ class Dispatcher:
         """Accept a job; a known job_id returns the job it names (IdempotencyMismatch if that was asked
         differently)."""
         job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
-        record = await self._rows.submit(job)
-        if record is None:  # the job id was known already, or its owner has all the jobs they may have
-            record = await _existing(self.db, job)
-            if record is None:
-                raise QueueFull()
-        if not record.state.is_final:
-            await self._enqueues.submit(record)
+        with tracing.creating(job_id=job["job_id"], name=name, queue=job["queue_name"]) as trace_context:
+            job["trace_context"] = trace_context
+            record = await self._rows.submit(job)
+            if record is None:  # the job id was known already, or its owner has all the jobs they may have
+                record = await _existing(self.db, job)
+                if record is None:
+                    raise QueueFull()
+            if not record.state.is_final:
+                await self._enqueues.submit(record)
         return record
 
     async def _enqueue_many(self, batch: list[JobRecord]) -> list[None]:
@@ -115,7 +117,9 @@ async def record_job(
 ) -> JobRecord:
     """The job's row alone, inside a caller's transaction; enqueue it once that commits."""
     job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
-    created = await job_records.accept_many(db, [job])
+    with tracing.creating(job_id=job["job_id"], name=name, queue=job["queue_name"]) as trace_context:
+        job["trace_context"] = trace_context
+        created = await job_records.accept_many(db, [job])
     record = created.get(job["job_id"]) or await _existing(db, job)
     assert record is not None  # uncapped: created, or known already
     return record

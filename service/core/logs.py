@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from service.core import tracing
 from service.core.requestid import request_id
 from service.core.settings import Environment, Settings
 
@@ -42,6 +43,8 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
         }
+        if ids := tracing.current_ids():
+            line["trace_id"], line["span_id"] = ids
         line.update({key: value for key, value in vars(record).items() if key not in _STANDARD})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)

@@ -308,6 +308,7 @@ class JobRecord(JobStatus):
     queue_name: str
     args: dict[str, Any]
     request_id: str | None
+    trace_context: str | None = None  # W3C traceparent of the request that created it, when traced
     version: int  # bumped by every change of state or progress
     worker_id: str | None
 

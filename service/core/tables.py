@@ -95,6 +95,7 @@ jobs = sa.Table(
     sa.Column("error", JSONB, nullable=True),
     sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
     sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("trace_context", sa.String(128), nullable=True),  # W3C traceparent (service.core.tracing)
     sa.Column("version", sa.Integer, nullable=False, server_default="1"),
     sa.Column("worker_id", sa.String(32), nullable=True),  # the worker running it, to notice when that one dies
     sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),

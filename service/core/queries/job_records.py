@@ -127,10 +127,10 @@ RETURNING jobs.*
 _ACCEPT_MANY = f"""
 WITH incoming AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.owner_id, i.queue_name ORDER BY i.ord) AS nth
-    FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[])
-        WITH ORDINALITY AS i(job_id, name, queue_name, owner_id, args, request_id, ord)
+    FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[], $7::varchar[])
+        WITH ORDINALITY AS i(job_id, name, queue_name, owner_id, args, request_id, trace_context, ord)
 ),
-caps AS (SELECT * FROM unnest($7::varchar[], $8::integer[]) AS c(queue_name, cap)),
+caps AS (SELECT * FROM unnest($8::varchar[], $9::integer[]) AS c(queue_name, cap)),
 active AS (  -- counted up to the cap only: the count costs no more than the cap, however long the backlog
     SELECT p.owner_id, p.queue_name, (
         SELECT count(*) FROM (
@@ -142,8 +142,8 @@ active AS (  -- counted up to the cap only: the count costs no more than the cap
     FROM (SELECT DISTINCT owner_id, queue_name FROM incoming WHERE owner_id IS NOT NULL) AS p
     JOIN caps AS c USING (queue_name)
 )
-INSERT INTO jobs (job_id, name, queue_name, owner_id, args, request_id)
-SELECT i.job_id, i.name, i.queue_name, i.owner_id, i.args, i.request_id
+INSERT INTO jobs (job_id, name, queue_name, owner_id, args, request_id, trace_context)
+SELECT i.job_id, i.name, i.queue_name, i.owner_id, i.args, i.request_id, i.trace_context
 FROM incoming i
 LEFT JOIN caps c ON c.queue_name = i.queue_name
 LEFT JOIN active a ON a.owner_id = i.owner_id AND a.queue_name = i.queue_name
@@ -174,6 +174,7 @@ async def accept_many(
         *([job[column] for job in accepted] for column in ("job_id", "name", "queue_name", "owner_id")),
         [orjson.dumps(job["args"]).decode() for job in accepted],
         [job["request_id"] for job in accepted],
+        [job.get("trace_context") for job in accepted],
         list(caps),
         list(caps.values()),
     )
