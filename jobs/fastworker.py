@@ -114,16 +114,28 @@ class Unfinished:
 # rescheduled. Removals (jobs finishing) bring nothing to do.
 WAKING_EVENTS = frozenset({b"zadd", b"zincr"})
 CRON_LEAD = 1.0  # arq enqueues a cron run up to this long before it is due (2 x its 0.5 s window)
-COMMAND_TIMEOUT = 5.0  # seconds for Redis to answer a command before it counts as failed
+# Seconds for Redis to answer a command before it counts as failed: a host gone for good, not a pause.
+# Shorter, a Redis paused for a few seconds (a long fork, a slow failover) would fail the running jobs'
+# Redis calls, and their tries with them; the wait is only for what is not answered at all.
+COMMAND_TIMEOUT = 30.0
 LISTEN_TIMEOUT = 60.0  # the wake-up channels are read in waits this long (a command timeout would end them)
 SAY_AGAIN_EVERY = 1.0  # seconds between tries to tell Redis the ends it did not take
+AWAY_POLL = 1.0  # seconds between polls while Redis does not answer
 
 
 class FastWorker(Worker):
-    def __init__(self, *args: Any, unfinished: Unfinished | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        unfinished: Unfinished | None = None,
+        redis_command_timeout: float = COMMAND_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.redis_command_timeout = redis_command_timeout
         self.unfinished = unfinished or Unfinished()
         self._closing = False  # set by close(): no job starts after it
+        self._redis_away = False  # the last poll failed to reach Redis
         self._saying_again: asyncio.Task[None] | None = None
         self.poll_every = self.poll_delay_s  # used only where Redis gives no keyspace notifications
         self.poll_delay_s = 0  # our wait takes the place of arq's sleep between polls
@@ -154,7 +166,7 @@ class FastWorker(Worker):
                 default_queue_name=self.queue_name,
                 expires_extra_ms=self.expires_extra_ms,
             )
-            bound_commands(self._pool, COMMAND_TIMEOUT)
+            bound_commands(self._pool, self.redis_command_timeout)
         await super().main()
 
     async def _poll_iteration(self) -> None:
@@ -163,14 +175,34 @@ class FastWorker(Worker):
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
             self._saying_again = asyncio.create_task(self._say_again())
-        if self._idle:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(await self._until_due()):
-                    await self._nudge.wait()
-        self._nudge.clear()  # before polling: a wake-up during the poll is kept for the next wait
-        started = self._jobs_started()
-        await super()._poll_iteration()
-        self._idle = self._jobs_started() == started
+        try:
+            if self._idle:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(await self._until_due()):
+                        await self._nudge.wait()
+            self._nudge.clear()  # before polling: a wake-up during the poll is kept for the next wait
+            started = self._jobs_started()
+            await super()._poll_iteration()
+            self._idle = self._jobs_started() == started
+        except (RedisError, OSError) as exc:
+            # Redis frozen, restarting or failing over: the running jobs go on, and so does the loop, once
+            # it answers (arq's own loop would end, and with it the worker).
+            if not self._redis_away:
+                log.warning("Redis does not answer (%r); polling again every %.0f s until it does", exc, AWAY_POLL)
+            self._redis_away = True
+            self._forget_finished_tasks()  # as arq's loop does after Redis: a shutdown waits for what remains
+            await asyncio.sleep(AWAY_POLL)
+        else:
+            if self._redis_away:
+                log.info("Redis answers again")
+            self._redis_away = False
+
+    def _forget_finished_tasks(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                with contextlib.suppress(RedisError, OSError):
+                    task.result()  # anything else is raised, as arq does
 
     async def _until_due(self) -> float:
         """Seconds until something falls due that no message announces: the earliest deferred job or

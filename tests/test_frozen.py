@@ -152,7 +152,8 @@ async def test_a_job_that_finishes_while_redis_is_frozen_is_released_when_it_tha
     client, headers = user
     calc = await client.post("/jobs/long-calc", headers=headers, json={"a": 1, "b": 2, "step_seconds": 1})
     job_id = calc.json()["job_id"]
-    async with background_worker(own_settings, slow=True) as worker, Redis.from_url(own_settings.redis_url) as redis:
+    worker_of = background_worker(own_settings, slow=True, redis_command_timeout=2.0)  # 30 s by default
+    async with worker_of as worker, Redis.from_url(own_settings.redis_url) as redis:
         await _until_state(own_settings, job_id, {"PROGRESS"}, step=4)  # of 5, one second apart
         with frozen(_pid(own_servers[1])):  # its last progress goes unannounced, then its end is refused
             await _until_state(own_settings, job_id, {"SUCCESS"})
