@@ -1,10 +1,11 @@
 """`python -m jobs [--slow] [--burst]`: arq's worker, kept running through Redis outages.
 
-`arq jobs.worker.WorkerSettings` works as well, but when Redis restarts in the middle of one of
-arq's WATCH transactions, arq's poll loop raises and the process exits (python-arq/arq#498),
-leaving it to a supervisor to start it again. Here that supervisor is built in: the worker is
-closed (letting its running jobs finish) and a fresh one starts once Redis answers. SIGTERM and
-SIGINT still stop it for good, after arq's graceful wait.
+`arq jobs.worker.WorkerSettings` runs the same worker, but when Redis fails under arq (in the middle
+of one of its WATCH transactions, python-arq/arq#498, or at startup and shutdown), the process
+exits, leaving it to a supervisor to start it again. The poll loop itself rides out an outage
+(jobs.fastworker); for the rest, the supervisor is built in here: the worker is closed (letting its
+running jobs finish) and a fresh one starts once Redis answers, keeping the job ends Redis has yet to
+take. SIGTERM and SIGINT still stop it for good, after arq's graceful wait.
 """
 
 import argparse
