@@ -291,23 +291,28 @@ class FastWorker(Worker):
             for job_id, (ended, give_up_at) in list(self.unfinished.jobs.items()):
                 if time.monotonic() < give_up_at:  # after that, arq's in-progress key has expired
                     try:
-                        await self._finish_if_still_ours(ended)
+                        ours = await self._finish_if_still_ours(ended)
                     except (RedisError, OSError):
                         break  # still away
-                    log.info("Redis took the end of job %s", job_id)
+                    log.info("Redis took the end of job %s" if ours else "job %s went to another worker", job_id)
                 del self.unfinished.jobs[job_id]
 
-    async def _finish_if_still_ours(self, ended: Finished) -> None:
+    async def _finish_if_still_ours(self, ended: Finished) -> bool:
         """arq's finish commands for a job, unless its in-progress key no longer holds this worker's token:
-        the reconciler freed it meanwhile (this worker looked dead), and another run has its say."""
+        the reconciler freed it meanwhile (this worker looked dead), and another run has its say.
+        Whether they were sent."""
         held = in_progress_key_prefix + ended.job_id
-        with contextlib.suppress(WatchError):  # it changed between the read and the write: not ours
+        try:
             async with self.pool.pipeline(transaction=True) as tr:
                 await tr.watch(held)
-                if await tr.get(held) == self.unfinished.token:
-                    tr.multi()  # type: ignore[no-untyped-call]
-                    self._finish_commands(tr, ended)
-                    await tr.execute()
+                if await tr.get(held) != self.unfinished.token:
+                    return False
+                tr.multi()  # type: ignore[no-untyped-call]
+                self._finish_commands(tr, ended)
+                await tr.execute()
+        except WatchError:  # it changed between the read and the write: not ours
+            return False
+        return True
 
     async def _finish_many(self, batch: list[Finished]) -> list[BaseException | None]:
         """arq's finish_job, for a batch of jobs in one MULTI/EXEC; each job gets the first error among
