@@ -18,9 +18,12 @@ SLOW_CLIENTS = 500
 
 
 async def _dribble(port: int, seconds: float) -> float | None:
-    """Send a request head a header line at a time, every 0.3 s; when the server hung up (s), or None."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Send a request head a header line at a time, every 0.3 s; when the server hung up (s), or None.
+
+    The clock starts before connecting: the server's deadline cannot start earlier, whereas a stamp taken
+    after `open_connection` returns is late by however long this busy event loop took to resume us."""
     started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n")
         while time.monotonic() - started < seconds:
