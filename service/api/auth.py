@@ -5,7 +5,7 @@ from starlette.requests import Request
 from service.api.errors import Forbidden, InvalidAuthToken, Unauthorized
 from service.api.security import InvalidToken
 from service.api.state import AppState, app_state
-from service.api.throttle import Limit
+from service.api.throttle import Check, Limit
 from service.core.queries.users import find_by_login, update_user
 from service.core.schemas import UserRecord
 from service.core.settings import Settings
@@ -85,10 +85,10 @@ async def authenticate(state: AppState, *, login: str, password: str, client_ip:
     # Each attempt is counted before the password is checked, so that a burst of concurrent guesses
     # gets no more checks than the limit; a successful login forgets the account's count. Attempts
     # are counted per account, whether they name it by username or by email.
-    await state.throttle.check(per_ip, client_ip, "Too many login attempts from this address")
+    await state.throttle.check(Check(per_ip, client_ip, "Too many login attempts from this address"))
     user = await find_by_login(state.db, login=login)
     account = f"user:{user.id}" if user else f"login:{login.strip().lower()}"
-    await state.throttle.check(per_account, account, "Too many failed logins for this account")
+    await state.throttle.check(Check(per_account, account, "Too many failed logins for this account"))
     valid = await state.passwords.verify(user.hashed_password if user else None, password)
     if user is None or not valid or not user.is_active:
         return None
@@ -109,7 +109,7 @@ async def confirm_password(state: AppState, user: UserRecord, password: str) -> 
     account, needs besides the token. Wrong guesses count against the account's login limit."""
     per_account, _ = login_limits(state.settings)
     account = f"user:{user.id}"
-    await state.throttle.check(per_account, account, "Too many failed logins for this account")
+    await state.throttle.check(Check(per_account, account, "Too many failed logins for this account"))
     if not await state.passwords.verify(user.hashed_password, password):
         raise Forbidden("The current password is not correct")
     await state.throttle.forget(per_account, account)

@@ -11,7 +11,7 @@ from service.api.auth import active_user, client_ip, token_subject
 from service.api.errors import NotFound
 from service.api.responses import respond
 from service.api.state import AppState, app_state
-from service.api.throttle import Limit
+from service.api.throttle import Check, Limit
 from service.core.queries import job_records
 from service.core.schemas import JobAccepted, JobRecord, UserRecord
 
@@ -37,7 +37,7 @@ async def own_job(request: Request, user: UserRecord) -> JobRecord:
 async def within_write_quota(state: AppState, user: UserRecord) -> None:
     """At most WRITE_QUOTA_PER_MINUTE item and task writes a minute per user (429 with Retry-After beyond)."""
     if quota := state.settings.write_quota_per_minute:
-        await state.throttle.check(Limit("writes", quota, 60), str(user.id), "Too many changes this minute")
+        await state.throttle.check(Check(Limit("writes", quota, 60), str(user.id), "Too many changes this minute"))
 
 
 async def submitter(request: Request) -> UserRecord:
@@ -65,9 +65,9 @@ async def within_quota(state: AppState, user_id: int, address: str) -> None:
     checks = []
     if settings.enqueue_quota_per_minute:
         per_user = Limit("enqueue", settings.enqueue_quota_per_minute, 60)
-        checks.append(state.throttle.check(per_user, str(user_id), "Job quota exceeded: too many jobs this minute"))
+        checks.append(Check(per_user, str(user_id), "Job quota exceeded: too many jobs this minute"))
     if settings.enqueue_quota_per_address_per_minute:
         per_address = Limit("enqueue-ip", settings.enqueue_quota_per_address_per_minute, 60)
-        message = "Job quota exceeded: too many jobs from this address this minute"
-        checks.append(state.throttle.check(per_address, address, message))
-    await asyncio.gather(*checks)  # counted together, in one round trip (service.api.throttle)
+        checks.append(Check(per_address, address, "Job quota exceeded: too many jobs from this address this minute"))
+    if checks:
+        await state.throttle.check(*checks)  # counted together, in one round trip (service.api.throttle)

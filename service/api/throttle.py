@@ -29,32 +29,60 @@ class Limit:
         return f"{keys.THROTTLE}{self.name}:{subject}"
 
 
+@dataclass(frozen=True)
+class Check:
+    """One event to count against a limit, and what to say when it is over."""
+
+    rule: Limit
+    subject: str
+    message: str
+
+
+# For each key (ARGV: its window in ms): one more event in its window, which starts with the first;
+# the events so far and the milliseconds left. One command for a batch, where a pipeline of INCR,
+# PEXPIRE NX and PTTL would be three a key, each packed and parsed by the client.
+COUNT = """
+local counted = {}
+for i, key in ipairs(KEYS) do
+  counted[2 * i - 1] = redis.call('INCR', key)
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, ARGV[i])
+    ttl = tonumber(ARGV[i])
+  end
+  counted[2 * i] = ttl
+end
+return counted
+"""
+
+
 class Throttle:
     """Counts events against limits, in Redis, for every API process alike. The counts of concurrent
-    requests go to Redis together, in one MULTI/EXEC per batch (service.core.batching): a request under a
-    limit shares its round trip with the others."""
+    requests go to Redis together, one script call per batch (service.core.batching): a request under
+    its limits shares its round trip with the others."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._script = redis.register_script(COUNT)
         self._counts = Batcher(self._count_many)
 
-    async def check(self, rule: Limit, subject: str, message: str) -> None:
-        """Count one event and refuse it (429, with Retry-After) beyond the limit."""
-        events, ttl_ms = await self._counts.submit((rule, subject))
-        if events > rule.limit:
-            raise TooManyRequests(message, ttl_ms / 1000)
+    async def check(self, *checks: Check) -> None:
+        """Count one event for each check, together, and refuse (429, with Retry-After) if any is
+        beyond its limit: the first such, in the order given."""
+        counted = await self._counts.submit(checks)
+        for check, (events, ttl_ms) in zip(checks, counted, strict=True):
+            if events > check.rule.limit:
+                raise TooManyRequests(check.message, ttl_ms / 1000)
 
     async def forget(self, rule: Limit, subject: str) -> None:
         await self._redis.delete(rule.key(subject))
 
-    async def _count_many(self, batch: list[tuple[Limit, str]]) -> list[tuple[int, int]]:
-        """Add one event per (rule, subject); for each, the events in its current window and the
-        milliseconds until that window ends."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for rule, subject in batch:
-                key = rule.key(subject)
-                pipe.incr(key)
-                pipe.pexpire(key, rule.window * 1000, nx=True)
-                pipe.pttl(key)
-            replies = await pipe.execute()
-        return [(int(events), int(ttl)) for events, ttl in zip(replies[0::3], replies[2::3], strict=True)]
+    async def _count_many(self, batch: list[tuple[Check, ...]]) -> list[list[tuple[int, int]]]:
+        """For each request's checks: the events in each one's current window, and the milliseconds
+        until that window ends."""
+        checks = [check for checks in batch for check in checks]
+        counters = [check.rule.key(check.subject) for check in checks]
+        windows = [check.rule.window * 1000 for check in checks]
+        replies = await self._script(keys=counters, args=windows)
+        pairs = iter(zip(replies[0::2], replies[1::2], strict=True))
+        return [[(int(events), int(ttl)) for events, ttl in (next(pairs) for _ in checks)] for checks in batch]

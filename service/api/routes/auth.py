@@ -8,7 +8,7 @@ from service.api.http import parse_body, parse_form, parse_query
 from service.api.openapi import operation
 from service.api.responses import respond
 from service.api.state import app_state
-from service.api.throttle import Limit
+from service.api.throttle import Check, Limit
 from service.core import dispatch
 from service.core.links import InvalidLink, verified_claims
 from service.core.queries import users
@@ -21,7 +21,7 @@ async def register(request: Request) -> Response:
     data = await parse_body(request, UserCreate)
     state = app_state(request)
     limit = Limit("register-ip", state.settings.registrations_per_address_per_hour, 3600)
-    await state.throttle.check(limit, client_ip(request), "Too many registrations from this address")
+    await state.throttle.check(Check(limit, client_ip(request), "Too many registrations from this address"))
     hashed_password = await state.passwords.hash(data.password)
     async with state.db.transaction():  # the user and their welcome email's job, or neither
         user = await users.create_user(
