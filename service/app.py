@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from service.api.errors import exception_handlers
 from service.api.metrics import HttpMetrics
-from service.api.middleware import BodySizeLimit, Deadline, RequestId, SecurityHeaders, Telemetry
+from service.api.middleware import Edge
 from service.api.routes import all_routes
 from service.api.security import Passwords, Tokens
 from service.api.sessions import Sessions
@@ -71,11 +71,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestId),
-            Middleware(SecurityHeaders),
-            Middleware(Telemetry, metrics=http_metrics, route_names=route_names, access_log=settings.access_log),
-            Middleware(Deadline, seconds=settings.request_timeout),
-            Middleware(BodySizeLimit, max_body_size=settings.max_body_bytes),
+            Middleware(
+                Edge,
+                metrics=http_metrics,
+                route_names=route_names,
+                deadline=settings.request_timeout,
+                max_body_size=settings.max_body_bytes,
+                access_log=settings.access_log,
+            )
         ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

@@ -74,5 +74,5 @@ def configure_logging(settings: Settings) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("arq.worker").addFilter(WithoutArqJobLines())
-    # Our access log (service.api.middleware.Telemetry) has the request id and the route; uvicorn's has neither.
+    # Our access log (service.api.middleware.Edge) has the request id and the route; uvicorn's has neither.
     logging.getLogger("uvicorn.access").disabled = True
