@@ -121,6 +121,46 @@ async def test_a_password_change_ends_every_older_token(client: httpx.AsyncClien
     assert (await client.get("/users/me", headers=fresh)).status_code == 200
 
 
+async def test_older_tokens_submit_no_jobs(client: httpx.AsyncClient, make_user: MakeUser, db: Database) -> None:
+    """The owner is checked where the job is recorded: a token older than the password, of a deactivated
+    or of a deleted user is 401 and records nothing, even with an Idempotency-Key that named a job."""
+    old = await make_user("pia")
+    key = {"Idempotency-Key": "pia-1"}
+    assert (await client.post("/tasks", headers={**old, **key}, json={"title": "before"})).status_code == 202
+    change = {"password": "another long password", "current_password": PASSWORD}
+    assert (await client.patch("/users/me", headers=old, json=change)).status_code == 200
+    for path, body, headers in (
+        ("/tasks", {"title": "after"}, old),
+        ("/tasks", {"title": "before"}, {**old, **key}),  # the job that key named is not handed out
+        ("/jobs/long-calc", {"a": 1, "b": 2}, old),
+    ):
+        answer = await client.post(path, headers=headers, json=body)
+        assert answer.status_code == 401, (path, answer.text)
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    fresh = await login(client, "pia", "another long password")
+    await db.execute("UPDATE users SET is_active = false WHERE username = 'pia'")
+    assert (await client.post("/tasks", headers=fresh, json={"title": "inactive"})).status_code == 401
+    await db.execute("UPDATE users SET is_active = true WHERE username = 'pia'")
+    assert (await client.post("/tasks", headers=fresh, json={"title": "active again"})).status_code == 202
+    titles = await db.fetch_all("SELECT args->>'title' AS title FROM jobs WHERE name = 'process_new_task'")
+    assert sorted(row["title"] for row in titles) == ["active again", "before"]
+    gone = {"current_password": "another long password"}
+    assert (await client.request("DELETE", "/users/me", headers=fresh, json=gone)).status_code == 204
+    assert (await client.post("/tasks", headers=fresh, json={"title": "deleted"})).status_code == 401
+
+
+async def test_a_gone_user_is_401_before_a_full_quota(settings: Settings, make_user: MakeUser) -> None:
+    limited = settings.model_copy(update={"enqueue_quota_per_minute": 1})
+    async with api_client(limited) as client:
+        await register(client, "quin")
+        headers = await login(client, "quin")
+        assert (await client.post("/tasks", headers=headers, json={"title": "one"})).status_code == 202
+        assert (await client.post("/tasks", headers=headers, json={"title": "two"})).status_code == 429
+        deleted = await client.request("DELETE", "/users/me", headers=headers, json={"current_password": PASSWORD})
+        assert deleted.status_code == 204
+        assert (await client.post("/tasks", headers=headers, json={"title": "three"})).status_code == 401
+
+
 async def test_deleting_the_account_needs_the_password(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     dan = await make_user("dan")
     assert (await client.delete("/users/me", headers=dan)).status_code == 422  # no confirmation at all

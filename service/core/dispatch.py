@@ -20,9 +20,10 @@ from databases import Database
 
 from service.core import jobcodec, keys, tracing
 from service.core.batching import Batcher
-from service.core.errors import IdempotencyMismatch, QueueFull
+from service.core.errors import IdempotencyMismatch, OwnerNotActive, QueueFull
 from service.core.events import publish
 from service.core.queries import job_records
+from service.core.queries.users import get_user
 from service.core.requestid import request_id
 from service.core.schemas import JobRecord, JobState
 from service.core.settings import Settings
@@ -53,15 +54,26 @@ class Dispatcher:
         self._enqueues = Batcher(self._enqueue_many)
 
     async def submit(
-        self, *, name: str, owner_id: int | None, args: Mapping[str, Any], job_id: str | None = None
+        self,
+        *,
+        name: str,
+        owner_id: int | None,
+        args: Mapping[str, Any],
+        job_id: str | None = None,
+        owner_version: int | None = None,
     ) -> JobRecord:
         """Accept a job; a known job_id returns the job it names (IdempotencyMismatch if that was asked
-        differently)."""
+        differently). With owner_version (the token version of the request), only for an active owner of
+        that version (OwnerNotActive otherwise), checked in the statement that records the job."""
         job = _new_job(name=name, owner_id=owner_id, args=args, job_id=job_id)
+        job["owner_version"] = owner_version
         with tracing.creating(job_id=job["job_id"], name=name, queue=job["queue_name"]) as trace_context:
             job["trace_context"] = trace_context
             record = await self._rows.submit(job)
-            if record is None:  # the job id was known already, or its owner has all the jobs they may have
+            if record is None:  # the job id was known already, its owner has all the jobs they may have,
+                # or the owner is not (or no longer) who the request's token says
+                if owner_id is not None and owner_version is not None:
+                    await _check_owner(self.db, owner_id, owner_version)
                 record = await _existing(self.db, job)
                 if record is None:
                     raise QueueFull()
@@ -100,6 +112,12 @@ async def _accept_alone(db: Database, job: dict[str, Any], caps: Mapping[str, in
     except Exception as exc:  # for its caller alone
         return exc
     return created.get(job["job_id"])
+
+
+async def _check_owner(db: Database, owner_id: int, version: int) -> None:
+    owner = await get_user(db, user_id=owner_id)
+    if owner is None or not owner.is_active or owner.token_version != version:
+        raise OwnerNotActive()
 
 
 async def _existing(db: Database, job: dict[str, Any]) -> JobRecord | None:

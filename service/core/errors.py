@@ -27,6 +27,13 @@ class QueueFull(DomainError):
     message = "You have as many jobs waiting or running as one user may: wait for some to finish"
 
 
+class OwnerNotActive(DomainError):
+    """A job was submitted for a user who is gone, deactivated, or whose credentials are older than
+    their last password change: the edge answers as for an invalid token."""
+
+    message = "Invalid or expired token"
+
+
 class IdempotencyMismatch(DomainError):
     message = "This Idempotency-Key was already used for a different request"
 

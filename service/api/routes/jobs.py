@@ -7,7 +7,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from service.api.auth import current_user
-from service.api.background import accepted, own_job, submitter
+from service.api.background import accepted, own_job, submit, submitter
 from service.api.errors import Conflict, Forbidden
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
@@ -27,9 +27,7 @@ from service.core.schemas import (
 
 
 async def _submit(request: Request, name: str, args: dict[str, object]) -> Response:
-    user = await submitter(request)
-    state = app_state(request)
-    record = await state.dispatcher.submit(name=name, owner_id=user.id, args=args)
+    record = await submit(request, await submitter(request), name=name, args=args)
     return accepted(record, f"/jobs/{record.job_id}")
 
 

@@ -6,7 +6,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.auth import client_ip, current_user, token_subject
-from service.api.background import accepted, own_job, submitter, within_quota
+from service.api.background import accepted, own_job, submit, submitter, within_quota
 from service.api.errors import Forbidden, InvalidRequest, NotFound
 from service.api.http import parse_body
 from service.api.openapi import operation
@@ -42,11 +42,10 @@ def _status_url(job_id: str) -> str:
 async def create_task(request: Request) -> Response:
     token_subject(request)  # 401 before anything else
     data = await parse_body(request, TaskCreate)
-    user = await submitter(request)
-    job_id = task_job_id(user.id, request.headers.get("idempotency-key"))
-    args = {"owner_id": user.id, **data.model_dump(mode="json")}
-    state = app_state(request)
-    record = await state.dispatcher.submit(name="process_new_task", owner_id=user.id, args=args, job_id=job_id)
+    caller = await submitter(request)
+    job_id = task_job_id(caller.user_id, request.headers.get("idempotency-key"))
+    args = {"owner_id": caller.user_id, **data.model_dump(mode="json")}
+    record = await submit(request, caller, name="process_new_task", args=args, job_id=job_id)
     return accepted(record, _status_url(record.job_id))
 
 

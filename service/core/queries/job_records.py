@@ -123,12 +123,17 @@ WHERE jobs.job_id = done.job_id AND jobs.state IN ({_ACTIVE_SQL})
 RETURNING jobs.*
 """
 # A user may hold at most `cap` active jobs on a queue (caps: queue name -> cap; none for unowned jobs):
-# the rows past that are left out, as are job ids known already.
+# the rows past that are left out, as are job ids known already. A job submitted with its owner's token
+# version is left out too unless that owner is active and of that version (the request's token is not
+# older than their last password change): the check a separate read of the user made before, here in
+# the same statement.
 _ACCEPT_MANY = f"""
 WITH incoming AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.owner_id, i.queue_name ORDER BY i.ord) AS nth
-    FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[], $7::varchar[])
-        WITH ORDINALITY AS i(job_id, name, queue_name, owner_id, args, request_id, trace_context, ord)
+    FROM unnest(
+        $1::varchar[], $2::varchar[], $3::varchar[], $4::bigint[], $5::jsonb[], $6::varchar[], $7::varchar[],
+        $10::integer[]
+    ) WITH ORDINALITY AS i(job_id, name, queue_name, owner_id, args, request_id, trace_context, owner_version, ord)
 ),
 caps AS (SELECT * FROM unnest($8::varchar[], $9::integer[]) AS c(queue_name, cap)),
 active AS (  -- counted up to the cap only: the count costs no more than the cap, however long the backlog
@@ -147,7 +152,9 @@ SELECT i.job_id, i.name, i.queue_name, i.owner_id, i.args, i.request_id, i.trace
 FROM incoming i
 LEFT JOIN caps c ON c.queue_name = i.queue_name
 LEFT JOIN active a ON a.owner_id = i.owner_id AND a.queue_name = i.queue_name
-WHERE i.owner_id IS NULL OR c.cap IS NULL OR coalesce(a.n, 0) + i.nth <= c.cap
+LEFT JOIN users u ON u.id = i.owner_id AND i.owner_version IS NOT NULL
+WHERE (i.owner_id IS NULL OR c.cap IS NULL OR coalesce(a.n, 0) + i.nth <= c.cap)
+    AND (i.owner_version IS NULL OR (u.is_active AND u.token_version = i.owner_version))
 ORDER BY i.ord
 ON CONFLICT (job_id) DO NOTHING
 RETURNING jobs.*
@@ -165,8 +172,9 @@ async def accept_many(
     db: Database, accepted: list[dict[str, Any]], caps: Mapping[str, int] | None = None
 ) -> dict[str, JobRecord]:
     """Record accepted jobs as PENDING, in one statement (joining the caller's transaction, if any):
-    the rows it created, by job id. Left out: a job id known already, and a job past its owner's cap
-    of active jobs on its queue (caps: queue name -> cap)."""
+    the rows it created, by job id. Left out: a job id known already, a job past its owner's cap of
+    active jobs on its queue (caps: queue name -> cap), and one whose `owner_version` (the token version
+    it was submitted with, if any) is not its active owner's."""
     caps = caps or {}
     return await _many(
         db,
@@ -177,6 +185,7 @@ async def accept_many(
         [job.get("trace_context") for job in accepted],
         list(caps),
         list(caps.values()),
+        [job.get("owner_version") for job in accepted],
     )
 
 
