@@ -49,6 +49,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from service.core import keys
 from service.core.batching import Batcher
+from service.core.packing import pack_with_hiredis
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class FastWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
             bound_commands(self._pool, self.redis_command_timeout)
+            pack_with_hiredis(self._pool)
         await super().main()
 
     async def _poll_iteration(self) -> None:

@@ -14,6 +14,7 @@ from redis.asyncio.sentinel import Sentinel
 from service.core import jobcodec
 from service.core.dsn import PostgresDSN
 from service.core.errors import DEPENDENCY_ERRORS
+from service.core.packing import pack_with_hiredis
 from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,13 @@ def open_redis(settings: Settings) -> ArqRedis:
     bounded: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
     if not settings.redis_sentinels:
         pool = ConnectionPool.from_url(settings.redis_url, health_check_interval=30, **bounded)
-        return ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)
+        client = ArqRedis(pool, job_serializer=jobcodec.serialize, job_deserializer=jobcodec.deserialize)
+        return pack_with_hiredis(client)
     credentials = redis_credentials(settings)
     sentinel = Sentinel(settings.sentinel_hosts, sentinel_kwargs=bounded, **credentials, **bounded)  # type: ignore[no-untyped-call]
     redis: ArqRedis = sentinel.master_for(settings.redis_sentinel_master, redis_class=ArqRedis)
     redis.job_serializer, redis.job_deserializer = jobcodec.serialize, jobcodec.deserialize
-    return redis
+    return pack_with_hiredis(redis)
 
 
 def redis_credentials(settings: Settings) -> dict[str, Any]:
