@@ -30,9 +30,17 @@ class HttpMetrics:
             "http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry
         )
 
+        # Each (method, route, status)'s children, looked up once: `labels()` checks and joins its
+        # arguments on every call, half of what counting a request cost.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        if (children := self._children.get(key)) is None:
+            requests, latency = self.requests.labels(method, route, str(status)), self.latency.labels(method, route)
+            children = self._children[key] = (requests, latency)
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def process_registry(settings: Settings, registry: CollectorRegistry) -> CollectorRegistry:

@@ -7,9 +7,9 @@ were a tenth of the API's CPU under `POST /tasks`.
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +95,7 @@ class Edge:
                 given = value.decode("latin-1")
             elif key == CONTENT_LENGTH:
                 content_length = value.decode("latin-1")
-        this = _Request(given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex)
+        this = _Request(given if _SANE_REQUEST_ID.match(given) else os.urandom(16).hex())
         token = request_id.set(this.request_id)
         header = (REQUEST_ID_HEADER, this.request_id.encode())
 

@@ -6,7 +6,7 @@ restart without persistence) the worker's reconciler enqueues it again from the 
 
 import hashlib
 import logging
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,7 +97,7 @@ class Dispatcher:
 
 def _new_job(*, name: str, owner_id: int | None, args: Mapping[str, Any], job_id: str | None) -> dict[str, Any]:
     return {
-        "job_id": job_id or uuid.uuid4().hex,
+        "job_id": job_id or os.urandom(16).hex(),
         "name": name,
         "queue_name": keys.queue_for(name),
         "owner_id": owner_id,

@@ -17,4 +17,8 @@ def all_routes() -> list[BaseRoute]:
         *reports.routes,
         *operations.routes,
     ]
-    return routing.by_path([*api, *docs.routes(api), *dashboard.routes])
+    # Starlette tries routes in order: the paths API clients send the most go first (their relative order
+    # kept, so `/jobs/send-email` still comes before `/jobs/{job_id}`); the document keeps its own order.
+    busiest = [*tasks.routes, *jobs.routes]
+    rest = [route for route in api if route not in busiest]
+    return routing.by_path([*busiest, *rest, *docs.routes(api), *dashboard.routes])
