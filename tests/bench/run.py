@@ -38,6 +38,7 @@ from tests.bench import profile, timing
 
 PROJECT = Path(__file__).resolve().parents[2]
 REPORT = PROJECT / "docs" / "benchmarks.md"
+RAW = Path(os.environ.get("BENCH_RAW", PROJECT / "docs" / "benchmarks.json"))  # the figures, for tests.bench.ranges
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench password"
 CONNECTIONS = (16, 64)  # wrk's concurrent connections: a few busy clients, and many
@@ -62,9 +63,13 @@ class Figure:
     def best(self) -> float:
         return max(self.runs)
 
+    def ratios(self, baseline: "Figure") -> list[float]:
+        """This figure over the baseline's, run by run (each pair measured one after the other)."""
+        return [mine / theirs for mine, theirs in zip(self.runs, baseline.runs, strict=True)]
+
     def ratio(self, baseline: "Figure") -> str:
-        """min-max of this figure over the baseline's, run by run (each pair measured one after the other)."""
-        ratios = [mine / theirs for mine, theirs in zip(self.runs, baseline.runs, strict=True)]
+        """min-max of `ratios`."""
+        ratios = self.ratios(baseline)
         low, high = min(ratios), max(ratios)
         return f"{high:.2f}x" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}x"
 
@@ -85,6 +90,12 @@ class Bench:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, figure, latency, ratio
     notes: list[str] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)  # insert jobs/s, by worker, for the ratios
+    # The figures behind the rows, by name, each a list of values (one per turn or run), for
+    # `python -m tests.bench.ranges`: ranges over several `make bench` runs.
+    figures: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, name: str, *values: float) -> None:
+        self.figures.setdefault(name, []).extend(values)
 
     @property
     def database_url(self) -> str:
@@ -248,6 +259,14 @@ def http_benchmarks(bench: Bench) -> None:
     for connections, figures in found.items():
         const, checked, raw_arq, tasks = figures["const"], figures["jwt"], figures["arq"], figures["ours"]
         at = f", {connections} connections"
+        bench.record(f"http.c{connections}.starlette req/s", *const.runs)
+        bench.record(f"http.c{connections}.jwt-only req/s", *checked.runs)
+        bench.record(f"http.c{connections}.raw arq req/s", *raw_arq.runs)
+        bench.record(f"http.c{connections}.POST /tasks req/s", *tasks.runs)
+        bench.record(f"http.c{connections}.POST /tasks / raw arq", *tasks.ratios(raw_arq))
+        bench.record(f"http.c{connections}.POST /tasks / jwt-only", *tasks.ratios(checked))
+        bench.record(f"http.c{connections}.POST /tasks p99 ms", *tasks.p99)
+        bench.record(f"http.c{connections}.raw arq p99 ms", *raw_arq.p99)
         bench.rows += [
             (f"Starlette, constant JSON (baseline){at}", const.spread(" req/s"), latency(const), "the machine's speed"),
             (f"Starlette, JWT check only (baseline){at}", checked.spread(" req/s"), latency(checked), ""),
@@ -269,6 +288,8 @@ def http_benchmarks(bench: Bench) -> None:
             ),
         )
     bench.notes.append(f"API process RSS after its load: {api_rss:.0f} MB.")
+    if celery:
+        bench.record("http.c64.POST /tasks / FastAPI+Celery (best runs)", found[64]["ours"].best() / celery.best())
 
 
 def _login(base: str) -> dict[str, str]:
@@ -347,6 +368,8 @@ def sse_latency(bench: Bench) -> None:
         delays = asyncio.run(_progress_delays(bench, base, _login(base)))
     finally:
         stop(service)
+    bench.record("sse.p50 ms", percentile(delays, 0.5) * 1000)
+    bench.record("sse.p99 ms", percentile(delays, 0.99) * 1000)
     bench.rows.append(
         (
             f"**ours: live progress**, {len(delays)} updates to an SSE client (row update, publish, relay)",
@@ -378,6 +401,10 @@ def soak(bench: Bench) -> None:
         stop(service)
     api, work = [sample[0] for sample in samples], [sample[1] for sample in samples]
     settled = len(samples) // 4  # after the first quarter: pools and caches filled
+    bench.record("soak.API MB growth after the first quarter", api[-1] - api[settled])
+    bench.record("soak.worker MB growth after the first quarter", work[-1] - work[settled])
+    bench.record("soak.API MB", max(api))
+    bench.record("soak.worker MB", max(work))
     bench.notes.append(
         f"Memory over a {SOAK} s soak (POST /tasks at 16 connections, the worker taking the jobs), RSS sampled "
         f"every {chunk} s: API {api[0]:.0f} -> {api[-1]:.0f} MB (max {max(api):.0f}; "
@@ -481,6 +508,11 @@ def ours_worker(bench: Bench) -> None:
         _, pickups = asyncio.run(_ours_window(bench, PICKUPS))
     finally:
         stop(worker)
+    bench.record("worker.ours jobs/s", *rates)
+    bench.record("worker.two processes / one (best runs)", two / max(rates))
+    bench.record("worker.idle Redis commands/s", idle)
+    bench.record("worker.pickup p50 ms", percentile(pickups, 0.5) * 1000)
+    bench.record("worker.pickup p99 ms", percentile(pickups, 0.99) * 1000)
     bench.rows.append(
         (
             "**ours: `process_new_task`**, 1 worker process (insert + job history + events + metrics)",
@@ -511,10 +543,15 @@ async def _idle_commands(bench: Bench, seconds: float = 10.0) -> float:
     return (after - before - 2) / seconds  # the two INFO commands are ours
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (the median for q = 0.5): right for small samples too."""
+    ordered = sorted(values)
+    return statistics.median(ordered) if q == 0.5 else ordered[math.ceil(len(ordered) * q) - 1]
+
+
 def quantiles(seconds: list[float]) -> str:
     """p50 and p99 of durations, in milliseconds."""
-    ms = sorted(value * 1000 for value in seconds)
-    return f"p50 {statistics.median(ms):.1f} ms, p99 {ms[math.ceil(len(ms) * 0.99) - 1]:.1f} ms"
+    return f"p50 {percentile(seconds, 0.5) * 1000:.1f} ms, p99 {percentile(seconds, 0.99) * 1000:.1f} ms"
 
 
 def _pickup(seconds: list[float]) -> str:
@@ -582,6 +619,11 @@ def baseline_workers(bench: Bench) -> None:
                 rates[function].append(result["done"] / (result["last_finish"] - result["first_start"]))
         bench.rates[kind] = max(rates["insert"])
         pickups = baseline_worker(bench, kind, "noop", pickups=True)["pickups"]
+        bench.record(f"worker.{kind} insert jobs/s", *rates["insert"])
+        bench.record(f"worker.{kind} pickup p50 ms", percentile(pickups, 0.5) * 1000)
+        bench.record(f"worker.{kind} pickup p99 ms", percentile(pickups, 0.99) * 1000)
+        if "ours" in bench.rates:
+            bench.record(f"worker.ours / {kind} insert jobs/s (best runs)", bench.rates["ours"] / bench.rates[kind])
         mine = bench.rates.get("ours")
         bench.rows.append(
             (
@@ -607,6 +649,9 @@ def keeping_time(bench: Bench) -> None:
     for event, ours in found["ours"].items():
         arq = found["arq"][event]
         baseline = f"arq, poll 0.05 s: {quantiles(arq)}"
+        for who, lateness in (("ours", ours), ("arq", arq)):
+            bench.record(f"timing.{event}.{who} p50 ms", percentile(lateness, 0.5) * 1000)
+            bench.record(f"timing.{event}.{who} p99 ms", percentile(lateness, 0.99) * 1000)
         bench.rows.append((f"keeping time: {event}", "", f"ours: {quantiles(ours)}", baseline))
 
 
@@ -688,6 +733,7 @@ def main() -> None:
     finally:
         bench.stop_servers()
     REPORT.write_text(render(bench))
+    RAW.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "figures": bench.figures}, indent=1) + "\n")
     print(render(bench))
 
 
