@@ -375,6 +375,9 @@ async def test_due_task_gets_exactly_one_reminder_across_three_cron_runs(
         await drain(settings, cron=True)
     cron_runs = await db.fetch_val("SELECT count(*) FROM jobs WHERE name = 'send_due_reminders' AND state = 'SUCCESS'")
     assert cron_runs >= 3
+    # Each run reads only the tasks not yet handed a reminder for their due date: one task in all runs.
+    handed = "SELECT sum((result->>'reminders')::int) FROM jobs WHERE name = 'send_due_reminders' AND state = 'SUCCESS'"
+    assert await db.fetch_val(handed) == 1
 
     reminders = [m for m in mail.messages if m.subject.startswith("Reminder")]
     assert [m.subject for m in reminders] == ["Reminder: due soon"]
