@@ -52,8 +52,8 @@ SELECT * FROM finished
 
 _QUEUE_EVENT = """
 INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, data)
-SELECT w.id, :event_id, :event_type, CAST(:data AS jsonb) FROM webhooks w
-WHERE w.owner_id = :owner_id AND w.active AND :event_type = ANY(w.events)
+SELECT w.id, CAST(:event_id AS varchar), CAST(:event_type AS varchar), CAST(:data AS jsonb) FROM webhooks w
+WHERE w.owner_id = :owner_id AND w.active AND CAST(:event_type AS varchar) = ANY(w.events)
 ON CONFLICT (webhook_id, event_id) DO NOTHING
 RETURNING id
 """
