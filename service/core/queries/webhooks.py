@@ -254,9 +254,9 @@ async def claim_due(db: Database, *, limit: int, lease_seconds: float) -> list[d
 
 _OUTCOME = """
 UPDATE webhook_deliveries
-SET status = $3, last_status_code = $4, last_error = $5,
+SET status = $3::varchar, last_status_code = $4, last_error = $5,
     next_attempt_at = CASE WHEN $6::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $6::float8) END,
-    delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END, updated_at = now()
+    delivered_at = CASE WHEN $3::varchar = 'delivered' THEN now() ELSE delivered_at END, updated_at = now()
 WHERE id = $1 AND attempts = $2 AND status IN ('pending', 'retrying')
 """
 
