@@ -17,6 +17,7 @@ from service.core.schemas import DeliveryStatus, JobState, WebhookEvent
 from service.core.settings import Settings
 from service.core.webhooks import emit
 from tests.conftest import drain
+from tests.test_dashboard import make_admin
 
 MakeUser = Callable[[str], Awaitable[dict[str, str]]]
 PUBLIC = "https://93.184.215.14/hooks/tm"  # a public address: no DNS needed
@@ -268,3 +269,21 @@ def test_retries_back_off_then_fail(settings: Settings) -> None:
     assert status is DeliveryStatus.RETRYING and wait is not None and 10 <= wait <= 20
     assert _next_step(Attempt(status_code=500), 3, tuned) == (DeliveryStatus.FAILED, None)
     assert _next_step(Attempt(error="refused: ...", refused=True), 1, tuned) == (DeliveryStatus.FAILED, None)
+
+
+async def test_the_dashboard_shows_failing_deliveries(
+    client: httpx.AsyncClient, make_user: MakeUser, db: Database
+) -> None:
+    root, ada = await make_admin(client, db), await make_user("ada")
+    await _webhook(client, ada, events=["task.due"])
+    owner = await db.fetch_val("SELECT id FROM users WHERE username = 'ada'")
+    for n in range(3):
+        await emit(db, owner, WebhookEvent.TASK_DUE, {"task_id": n}, event_id=f"task.due:{n}:1")
+    failing = "UPDATE webhook_deliveries SET status = :status, attempts = 2, last_error = 'the receiver answered 503'"
+    await db.execute(failing + " WHERE event_id = 'task.due:0:1'", {"status": "failed"})
+    await db.execute(failing + " WHERE event_id = 'task.due:1:1'", {"status": "retrying"})
+    overview = (await client.get("/dashboard/api/overview", headers=root)).json()
+    shown = {row["event_id"]: row for row in overview["webhooks_failing"]}
+    assert set(shown) == {"task.due:0:1", "task.due:1:1"}  # the pending one is not failing
+    assert shown["task.due:0:1"]["username"] == "ada" and shown["task.due:0:1"]["url"] == PUBLIC
+    assert shown["task.due:1:1"]["last_error"] == "the receiver answered 503"
