@@ -13,6 +13,7 @@ from jobs.smtp import send_once
 from service.core.links import verification_url
 from service.core.queries.rows import as_dict
 from service.core.tables import tasks, users
+from service.core.webhooks import reminder_sent
 
 
 @job(timeout=15)
@@ -81,4 +82,5 @@ async def send_task_reminder_email(ctx: JobContext, *, task_id: int, once_key: s
     )
     key = once_key or f"job:{ctx['job_id']}"
     sent = await send_once(ctx, key=key, to=row.email, subject=f"Reminder: {row.title}", body=body)
+    await reminder_sent(ctx["db"], task_id=task_id, once_key=key)  # webhook event, once per key (re-runs too)
     return {"task_id": task_id, "recipient": row.email, "sent": sent}

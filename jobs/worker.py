@@ -28,6 +28,7 @@ from jobs.lifecycle import scheduled
 from jobs.reconcile import run_reconciler
 from jobs.reports import delete_old_reports, generate_report, long_running_calculation
 from jobs.tasks import process_new_task, send_due_reminders
+from jobs.webhooks import announce_due_tasks, run_deliveries
 from service.core import jobcodec, keys, tracing
 from service.core.connections import check_pool_fits, open_database, redis_credentials
 from service.core.logs import configure_logging
@@ -44,6 +45,7 @@ FUNCTIONS = [
     delete_old_reports,
     generate_report,
     long_running_calculation,
+    announce_due_tasks,
 ]
 
 
@@ -63,8 +65,10 @@ def scheduled_jobs(settings: Settings) -> list[CronJob]:
     Every worker schedules each run under the same job id, so exactly one of them runs it.
     """
     seconds = set(range(0, 60, settings.reminder_every_seconds))
+    due_seconds = set(range(0, 60, settings.webhook_due_every_seconds))
     return [
         scheduled(send_due_reminders, second=seconds, run_at_startup=True),
+        scheduled(announce_due_tasks, second=due_seconds),  # task.due webhook events
         scheduled(delete_old_reports, minute=17, second=0),  # hourly
     ]
 
@@ -138,6 +142,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_tries = max_tries_by_name(settings)
         reconciler = run_reconciler(db, ctx["redis"], stats.worker_id, settings.reconcile_seconds, max_tries)
         ctx["background"].append(asyncio.create_task(reconciler))
+    if ctx["queue_name"] == keys.QUEUE:  # webhooks go out from the fast queue's workers
+        ctx["background"].append(asyncio.create_task(run_deliveries(db, settings)))
     gc.freeze()  # as the API does: what startup built stays out of every full garbage collection
 
 

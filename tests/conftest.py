@@ -302,7 +302,15 @@ class Deployment:
 
 
 @pytest.fixture
-async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> AsyncIterator[Deployment]:
+def deployment_env() -> dict[str, str]:
+    """Settings a test module adds to its deployment's environment: override this fixture there."""
+    return {}
+
+
+@pytest.fixture
+async def deployment(
+    settings: Settings, mail: MailBox, tmp_path: Path, deployment_env: dict[str, str]
+) -> AsyncIterator[Deployment]:
     port = free_port()
     env = clean_env(
         PUBLIC_URL=f"http://127.0.0.1:{port}",  # the links in emails
@@ -319,6 +327,7 @@ async def deployment(settings: Settings, mail: MailBox, tmp_path: Path) -> Async
         REGISTRATIONS_PER_ADDRESS_PER_HOUR="100000",
         LOGIN_ATTEMPTS_PER_IP="100000",
         LOGIN_FAILURES_PER_ACCOUNT="100000",
+        **deployment_env,
     )
     uvicorn = python("-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
     with (

@@ -149,7 +149,8 @@ async def test_overview_shows_workers_cron_and_charts(
     assert all(worker["pid"] > 0 and worker["seen_ago"] < 10 for worker in workers.values())
     cron = {entry["name"]: entry for entry in overview["cron"]}
     assert cron["send_due_reminders"]["schedule"] == "every minute at :00"
-    assert set(cron) == {"send_due_reminders", "delete_old_reports"}
+    assert set(cron) == {"send_due_reminders", "delete_old_reports", "announce_due_tasks"}
+    assert cron["announce_due_tasks"]["schedule"] == "every minute at :00"
     assert cron["delete_old_reports"]["schedule"] == "every hour at :17:00"
     assert cron["send_due_reminders"]["last_run"]["state"] == "SUCCESS"
     assert sum(point["succeeded"] for point in overview["throughput"]) >= 3

@@ -368,3 +368,88 @@ class DashboardJobQuery(Page):
 
 class DashboardJob(JobRecord):
     username: str | None
+
+
+# Webhooks
+
+
+class WebhookEvent(StrEnum):
+    JOB_FINISHED = "job.finished"  # one of your jobs reached SUCCESS, FAILURE or REVOKED
+    TASK_DUE = "task.due"  # one of your open tasks reached its due time (once per task and due date)
+    REMINDER_SENT = "reminder.sent"  # a reminder email about one of your tasks went out
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its first attempt
+    RETRYING = "retrying"  # an attempt failed; another follows after a backoff
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # attempts ran out, or the URL was refused (SSRF); replay sends it again
+
+
+def _distinct(events: list[WebhookEvent]) -> list[WebhookEvent]:
+    return sorted(set(events))
+
+
+WebhookURL = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=r"^[\x21-\x7e]+$")]
+Events = Annotated[list[WebhookEvent], Field(min_length=1, max_length=10), AfterValidator(_distinct)]
+WebhookDescription = Annotated[str, Field(max_length=500, pattern=NO_NUL)]
+
+
+class WebhookCreate(Incoming):
+    url: WebhookURL  # http(s), public (checked after resolving its host), no credentials
+    events: Events
+    description: WebhookDescription | None = None
+
+
+class WebhookUpdate(Patch):
+    nullable = frozenset({"description"})
+
+    url: WebhookURL | None = None
+    events: Events | None = None
+    description: WebhookDescription | None = None
+    active: bool | None = None  # false: no new deliveries, and waiting ones fail at their next attempt
+
+
+class WebhookPublic(Outgoing):
+    id: int
+    url: str
+    events: list[WebhookEvent]
+    description: str | None
+    active: bool
+    previous_secret_expires_at: datetime | None  # after a rotation: until then the old secret signs too
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookWithSecret(WebhookPublic):
+    """A webhook as created or rotated: the only time its signing secret is shown."""
+
+    secret: str  # whsec_<base64>: give it to standardwebhooks.Webhook(secret) in your receiver
+
+
+class DeliveryPublic(Outgoing):
+    id: int
+    webhook_id: int
+    event_id: str  # the webhook-id header of every attempt: the same on retries and replays
+    event_type: WebhookEvent
+    data: dict[str, Any]
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeliveryQuery(Page):
+    status: DeliveryStatus | None = None
+
+
+class FailingDelivery(DeliveryPublic):
+    """A delivery on the dashboard's card: whose webhook, where to."""
+
+    url: str
+    username: str

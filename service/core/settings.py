@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     reminder_every_seconds: int = Field(default=60, ge=1, le=60)  # how often the due-reminder cron runs
     worker_shutdown_grace: int = Field(default=20, ge=0, le=3600)
     reconcile_seconds: float = Field(default=5.0, ge=0, le=3600)  # 0: no reconciler in this worker
+    # Webhooks: see service/core/webhooks.py, jobs/webhooks.py and the README's "Webhooks" section.
+    webhooks_per_user: int = Field(default=10, ge=0, le=1000)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=50)  # then the delivery is marked failed
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0, le=86400)  # doubles each attempt, with jitter
+    webhook_retry_max_seconds: float = Field(default=4 * 3600.0, gt=0, le=7 * 86400)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)  # one attempt, redirects included
+    webhook_max_redirects: int = Field(default=3, ge=0, le=10)  # each hop checked like the first
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)  # how soon a due delivery goes out
+    webhook_concurrency: int = Field(default=20, ge=1, le=500)  # deliveries in flight per worker
+    webhook_secret_grace_hours: float = Field(default=24.0, ge=0, le=24 * 30)  # the old secret signs too
+    webhook_due_every_seconds: int = Field(default=60, ge=1, le=60)  # how often task.due is looked for
+    # Host names, addresses and CIDR networks webhooks may reach although they are not public
+    # (loopback, private, link-local...): "127.0.0.1,10.0.0.0/8,hooks.intranet". Empty: public only.
+    webhook_allowed_hosts: str = ""
     db_connect_timeout: float = Field(default=2.0, gt=0, le=60)
     db_command_timeout: float = Field(default=10.0, gt=0, le=600)
 

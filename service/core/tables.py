@@ -1,7 +1,7 @@
 """The PostgreSQL schema as SQLAlchemy Core tables; alembic revisions are generated against it."""
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = sa.MetaData(
     naming_convention={
@@ -65,6 +65,8 @@ tasks = sa.Table(
     sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
     # The due date the reminder cron last handed a reminder for (a moved due date earns a new one).
     sa.Column("reminded_for", sa.DateTime(timezone=True), nullable=True),
+    # The due date the task.due webhook event was last emitted for (once per task and due date).
+    sa.Column("due_announced_for", sa.DateTime(timezone=True), nullable=True),
     # The arq job that created the row: a re-run of that job hits this constraint instead of inserting twice.
     sa.Column("job_id", sa.String(128), nullable=True, unique=True),
     *_timestamps(),
@@ -77,6 +79,14 @@ tasks = sa.Table(
         "due_at",
         "id",
         postgresql_where=sa.text("due_at IS NOT NULL AND status <> 'done' AND reminded_for IS DISTINCT FROM due_at"),
+    ),
+    sa.Index(
+        "ix_tasks_due_unannounced",
+        "due_at",
+        "id",
+        postgresql_where=sa.text(
+            "due_at IS NOT NULL AND status <> 'done' AND due_announced_for IS DISTINCT FROM due_at"
+        ),
     ),
 )
 
@@ -141,4 +151,57 @@ reports = sa.Table(
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Index("ix_reports_created_at", "created_at"),  # the retention cron deletes the oldest
+)
+
+# Endpoints users register for events (service/core/webhooks.py). The secret must be kept to sign with;
+# the previous one goes on signing beside it until previous_secret_expires_at (a rotation's grace).
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    _owner(),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("events", ARRAY(sa.String(32)), nullable=False),
+    sa.Column("description", sa.String(500), nullable=True),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("previous_secret", sa.String(128), nullable=True),
+    sa.Column("previous_secret_expires_at", sa.DateTime(timezone=True), nullable=True),
+    *_timestamps(),
+    # Every job's finish looks up its owner's active webhooks (jobs/history.py): an index probe.
+    sa.Index("ix_webhooks_owner_id", "owner_id", "id"),
+)
+
+# One row per (webhook, event): the event's id is its webhook-id header on every attempt, so a receiver
+# sees the same id on retries and replays. The worker takes due rows by next_attempt_at.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("webhook_id", sa.BigInteger, sa.ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event_id", sa.String(200), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("data", JSONB, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True, server_default=sa.func.now()),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    *_timestamps(),
+    sa.UniqueConstraint("webhook_id", "event_id"),
+    sa.CheckConstraint("status IN ('pending', 'retrying', 'delivered', 'failed')", name="status"),
+    sa.Index("ix_webhook_deliveries_webhook_id", "webhook_id", sa.text("id DESC")),
+    sa.Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=sa.text("status IN ('pending', 'retrying')"),
+    ),
+    # The dashboard's card of failing deliveries, newest first.
+    sa.Index(
+        "ix_webhook_deliveries_failing",
+        sa.text("updated_at DESC"),
+        postgresql_where=sa.text("status = 'failed' OR (status = 'retrying' AND attempts > 0)"),
+    ),
 )

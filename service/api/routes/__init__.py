@@ -3,7 +3,7 @@
 from starlette.routing import BaseRoute
 
 from service.api import routing  # first: it registers the `id` path convertor the routes below use
-from service.api.routes import auth, dashboard, docs, items, jobs, operations, reports, tasks, users
+from service.api.routes import auth, dashboard, docs, items, jobs, operations, reports, tasks, users, webhooks
 
 
 def all_routes() -> list[BaseRoute]:
@@ -15,6 +15,7 @@ def all_routes() -> list[BaseRoute]:
         *tasks.routes,
         *jobs.routes,
         *reports.routes,
+        *webhooks.routes,
         *operations.routes,
     ]
     # Starlette tries routes in order: the paths API clients send the most go first (their relative order

@@ -28,6 +28,7 @@ from service.api.throttle import TooManyRequests
 from service.core import dispatch, keys
 from service.core.dispatch import user_caps
 from service.core.queries import dashboard
+from service.core.queries import webhooks as webhook_queries
 from service.core.queuestats import live_workers, queue_stats
 from service.core.schemas import DashboardJobQuery, JobState, LoginForm, UserRecord
 from service.core.settings import Environment
@@ -157,6 +158,8 @@ async def overview(request: Request) -> Response:
         "throughput": await dashboard.throughput(state.db, since=hour_ago),
         "durations": await dashboard.durations(state.db, since=hour_ago),
         "share": await _share(state),
+        # Webhook deliveries failing (as the job history shows dead letters): failed, or retrying after a failure.
+        "webhooks_failing": [row.model_dump(mode="json") for row in await webhook_queries.failing(state.db)],
     }
     return JSONResponse(body)
 

@@ -145,6 +145,12 @@ async function refreshOverview() {
     el("tr", { "data-user": s.username },
       el("td", {}, s.username), el("td", {}, el("code", {}, s.queue_name)),
       el("td", {}, `${s.active} of ${s.cap}`))), "share-empty");
+  fill("webhooks-failing", data.webhooks_failing.map((d) =>
+    el("tr", { "data-delivery-id": String(d.id), "data-status": d.status },
+      el("td", {}, d.event_type, " ", el("code", {}, d.event_id.slice(0, 40))), el("td", {}, d.username),
+      el("td", {}, el("code", {}, d.url)), el("td", {}, el("span", { class: `badge ${d.status === "failed" ? "FAILURE" : "RETRY"}` }, d.status)),
+      el("td", {}, d.attempts), el("td", {}, d.last_error || String(d.last_status_code || "–")),
+      el("td", {}, d.last_attempt_at ? `${ago(since(d.last_attempt_at))} ago` : "–"))), "webhooks-failing-empty");
   $("#cron tbody").replaceChildren(...data.cron.map((c) =>
     el("tr", {},
       el("td", {}, c.name), el("td", {}, c.schedule),

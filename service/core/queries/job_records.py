@@ -14,6 +14,7 @@ from databases import Database
 
 from service.core.queries.prepared import Prepared, decoded, param
 from service.core.queries.rows import as_dict
+from service.core.queries.webhooks import job_finished_deliveries
 from service.core.schemas import ACTIVE_STATES, JobQuery, JobRecord, JobState
 from service.core.tables import jobs
 
@@ -47,16 +48,20 @@ async def page(db: Database, *, owner_id: int | None, query: JobQuery) -> list[J
 
 @functools.cache
 def _transition(columns: tuple[str, ...], final: bool) -> Prepared:
-    """UPDATE of an active job to a new state, setting these columns (and finished_at when final)."""
+    """UPDATE of an active job to a new state, setting these columns (and finished_at when final; a final
+    one queues the job.finished webhook deliveries in the same statement)."""
     values: dict[str, Any] = {name: param(name, type_=jobs.c[name].type) for name in ("state", *columns)}
     if final:
         values["finished_at"] = sa.func.now()
-    return Prepared(
+    prepared = Prepared(
         jobs.update()
         .where(jobs.c.job_id == param("job_id"), jobs.c.state.in_(_ACTIVE))
         .values(version=jobs.c.version + 1, **values)
         .returning(*jobs.c)
     )
+    if final:
+        prepared.sql = job_finished_deliveries(prepared.sql)
+    return prepared
 
 
 async def transition(db: Database, *, job_id: str, state: JobState, **values: Any) -> JobRecord | None:
@@ -116,12 +121,13 @@ ON CONFLICT (job_id) DO UPDATE SET
 WHERE jobs.state IN ({_ACTIVE_SQL})
 RETURNING jobs.*
 """
-_SUCCEED_MANY = f"""
+# With the job.finished webhook deliveries of those jobs queued in the same statement.
+_SUCCEED_MANY = job_finished_deliveries(f"""
 UPDATE jobs SET state = 'SUCCESS', result = done.result, finished_at = now(), version = jobs.version + 1
 FROM unnest($1::varchar[], $2::jsonb[]) AS done(job_id, result)
 WHERE jobs.job_id = done.job_id AND jobs.state IN ({_ACTIVE_SQL})
 RETURNING jobs.*
-"""
+""")
 # A user may hold at most `cap` active jobs on a queue (caps: queue name -> cap; none for unowned jobs):
 # the rows past that are left out, as are job ids known already. A job submitted with its owner's token
 # version is left out too unless that owner is active and of that version (the request's token is not
