@@ -1,8 +1,8 @@
 """webhooks and their deliveries; tasks remember the due date their task.due event was emitted for
 
-Revision ID: 0009
+Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-03 10:00:00.000000
+Create Date: 2026-12-07 11:30:00.000000
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0009"
+revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
