@@ -42,9 +42,7 @@ def upgrade() -> None:
         sa.Column("handled_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("kind IN ('remind', 'due')", name=op.f("ck_alarms_kind")),
         sa.CheckConstraint("state IN ('pending', 'handed', 'skipped')", name=op.f("ck_alarms_state")),
-        sa.ForeignKeyConstraint(
-            ["task_id"], ["tasks.id"], name=op.f("fk_alarms_task_id_tasks"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_alarms_task_id_tasks"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alarms")),
         sa.UniqueConstraint("task_id", "due_at", "kind", "ahead", name=op.f("uq_alarms_task_id")),
     )

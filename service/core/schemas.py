@@ -100,9 +100,7 @@ Recurrence = Annotated[
     str, Field(max_length=500, examples=["FREQ=WEEKLY;BYDAY=MO;BYHOUR=9"]),
     AfterValidator(recurrence.check_rule),
 ]  # fmt: skip
-TimeZone = Annotated[
-    str, Field(max_length=64, examples=["Europe/Berlin"]), AfterValidator(recurrence.check_zone)
-]
+TimeZone = Annotated[str, Field(max_length=64, examples=["Europe/Berlin"]), AfterValidator(recurrence.check_zone)]
 
 
 class Incoming(BaseModel):
