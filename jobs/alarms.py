@@ -109,6 +109,8 @@ async def ring_due(ctx: JobContext, now: datetime) -> dict[str, int]:
     counts = {"reminders": 0, "skipped": 0, "fell_due": 0}
     while True:
         async with db.transaction():
+            # A worker that dies or is cut off mid-page holds the page's locks this long at most.
+            await db.execute("SET LOCAL idle_in_transaction_session_timeout = '20s'")
             page = await alarms.pick(db, now=now, after=after)
             if not page:
                 return counts

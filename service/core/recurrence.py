@@ -17,6 +17,11 @@ from dateutil.rrule import rrule, rrulestr
 MIN_GAP = timedelta(hours=1)  # no rule may fire more often than hourly
 RULE_TEXT = re.compile(r"^[A-Za-z0-9=;,+-]{1,500}$")  # one RRULE value: no DTSTART, no RRULE: prefix, no lines
 TOO_FREQUENT = frozenset({"SECONDLY", "MINUTELY"})
+RFC_PARTS = frozenset(
+    {"FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMINUTE", "BYHOUR", "BYDAY", "BYMONTHDAY", "BYYEARDAY",
+     "BYWEEKNO", "BYMONTH", "BYSETPOS", "WKST"}
+)  # fmt: skip
+LIMITS = {"COUNT": 100_000, "INTERVAL": 1000}
 # Checking a rule expands it from here: dateutil stops at year 9999, so a rule that can never fire (the
 # 30th of February) is found out within ten years of expansion instead of looping through eight thousand.
 PROBE_START = datetime(9990, 1, 1, tzinfo=UTC)
@@ -43,6 +48,11 @@ def check_rule(text: str) -> str:
         raise ValueError("FREQ is required, e.g. FREQ=WEEKLY")
     if parts["FREQ"] in TOO_FREQUENT:
         raise ValueError("fires too often: at most hourly (FREQ=HOURLY or longer)")
+    if unknown := sorted(parts.keys() - RFC_PARTS):
+        raise ValueError(f"not an RFC 5545 RRULE part: {', '.join(unknown)}")
+    for name, most in LIMITS.items():
+        if name in parts and not (parts[name].isdigit() and 1 <= int(parts[name]) <= most):
+            raise ValueError(f"{name} must be a whole number from 1 to {most}")
     if "COUNT" in parts and "UNTIL" in parts:
         raise ValueError("COUNT and UNTIL may not both be given (RFC 5545)")
     rule = text.upper()
@@ -55,8 +65,8 @@ def check_rule(text: str) -> str:
 
 
 def _check_gaps(occurrences: list[datetime]) -> None:
-    if not occurrences:
-        raise ValueError("never fires, or less than once in ten years")
+    if len(occurrences) < 2:
+        raise ValueError("never fires, or less than once in five years")
     if any(later - earlier < MIN_GAP for earlier, later in itertools.pairwise(occurrences)):
         raise ValueError("fires too often: occurrences must be at least an hour apart")
 
@@ -87,18 +97,19 @@ def check_zone(name: str) -> str:
 
 def upcoming(rule: str, *, start: datetime, after: datetime, time_zone: str, count: int) -> list[datetime]:
     """Up to `count` occurrences of the series begun at `start` that fall strictly after `after` (UTC)."""
-    local_after = after.astimezone(zone(time_zone))
-    # dateutil compares wall times: start a little early, then keep what falls after `after` as an instant
-    # (each once: the wall times a spring-forward skips can land on the same instant).
     found: list[datetime] = []
-    last = None
-    for local in _rule(rule, start.astimezone(zone(time_zone))).xafter(local_after - timedelta(hours=3)):
-        instant = local.astimezone(UTC)
-        if instant > after and (last is None or instant > last):
-            found.append(instant)
-            last = instant
-            if len(found) == count:
-                break
+    try:
+        local_start, local_after = start.astimezone(zone(time_zone)), after.astimezone(zone(time_zone))
+        # dateutil compares wall times: start a little early, then keep what falls after `after` as an
+        # instant (each once: the wall times a spring-forward skips can land on the same instant).
+        for local in _rule(rule, local_start).xafter(local_after - timedelta(hours=3)):
+            instant = local.astimezone(UTC)
+            if instant > after and (not found or instant > found[-1]):
+                found.append(instant)
+                if len(found) == count:
+                    break
+    except OverflowError:  # the series runs past the years datetime holds: it ends there
+        pass
     return found
 
 

@@ -77,6 +77,7 @@ When = Annotated[Moment, BeforeValidator(_iso_text)]  # for query strings, which
 Offset = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
+ZONE_NAME = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"  # the shape of an IANA name (which ones exist: zoneinfo)
 MAX_REMINDERS = 5
 MAX_REMIND_BEFORE = timedelta(days=30)
 
@@ -96,11 +97,16 @@ RemindBefore = Annotated[
     list[timedelta], Field(max_length=MAX_REMINDERS, examples=[["P1D", "PT1H"]]),
     AfterValidator(_offsets),
 ]  # fmt: skip
+# The patterns are the schema's word on their shape; the validators (with their own messages) have the last.
+RULE_SHAPE = {"pattern": recurrence.RULE_TEXT.pattern}
 Recurrence = Annotated[
-    str, Field(max_length=500, examples=["FREQ=WEEKLY;BYDAY=MO;BYHOUR=9"]),
+    str, Field(max_length=500, json_schema_extra=RULE_SHAPE, examples=["FREQ=WEEKLY;BYDAY=MO;BYHOUR=9"]),
     AfterValidator(recurrence.check_rule),
 ]  # fmt: skip
-TimeZone = Annotated[str, Field(max_length=64, examples=["Europe/Berlin"]), AfterValidator(recurrence.check_zone)]
+TimeZone = Annotated[
+    str, Field(max_length=64, json_schema_extra={"pattern": ZONE_NAME}, examples=["Europe/Berlin"]),
+    AfterValidator(recurrence.check_zone),
+]  # fmt: skip
 
 
 class Incoming(BaseModel):

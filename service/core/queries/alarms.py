@@ -38,7 +38,8 @@ wanted AS (
     SELECT p.id AS task_id, p.due_at, 'remind' AS kind, o.ahead,
            o.ahead = min(o.ahead) OVER (PARTITION BY p.id) AS last
     FROM picked p CROSS JOIN LATERAL unnest(p.offsets) AS o(ahead)
-    WHERE p.due_at IS NOT NULL AND p.status <> 'done'
+    -- (a reminder before the year 1 would be a time Python cannot read back)
+    WHERE p.due_at IS NOT NULL AND p.status <> 'done' AND p.due_at - o.ahead >= TIMESTAMPTZ '0001-01-01Z'
     UNION ALL
     SELECT p.id, p.due_at, 'due', interval '0', false
     FROM picked p WHERE p.due_at IS NOT NULL AND p.status <> 'done'
