@@ -324,10 +324,12 @@ async def test_a_passed_occurrence_is_missed_and_the_task_moves_on(
     alice = await make_user("alice")
     due = (datetime.now(UTC) - timedelta(minutes=2)).replace(microsecond=0)
     task = await create(client, settings, alice, due_at=due.isoformat(), recurrence="FREQ=DAILY")
+    assert (await patch(client, alice, f"/tasks/{task['id']}", status="in_progress")).status_code == 200
     for _ in range(2):
         await drain(settings, cron=True)
     moved = (await client.get(f"/tasks/{task['id']}", headers=alice)).json()
     assert moved["due_at"] == (due + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    assert moved["status"] == "todo"  # the next occurrence is a new one
     listed = (await client.get(f"/tasks/{task['id']}/occurrences?count=1", headers=alice)).json()
     assert [(past["due_at"], past["outcome"]) for past in listed["past"]] == [(task["due_at"], "missed")]
     assert await alarms_of(db, task["id"]) == [("remind", 3600, True, "pending"), ("due", 0, False, "pending")]

@@ -77,11 +77,11 @@ FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[])) AS marks(id, state)
 WHERE alarms.id = marks.id
 """
 
-# A recurring task whose occurrence passed moves on to the next one (if nobody moved it meanwhile), and
-# the passed one is recorded as missed.
+# A recurring task whose occurrence passed moves on to the next one, to do (if nobody moved it meanwhile),
+# and the passed one is recorded as missed.
 _MOVE_ON = """
 WITH moved AS (
-    UPDATE tasks SET due_at = :next, armed = false, updated_at = now()
+    UPDATE tasks SET due_at = :next, status = 'todo', armed = false, updated_at = now()
     WHERE id = :task_id AND due_at = :due_at AND status <> 'done'
     RETURNING id
 )
