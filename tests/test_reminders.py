@@ -1,16 +1,19 @@
 """Reminder offsets, user defaults, recurring tasks and time zones: the API, and the reminder cron run by
 in-process workers against the real PostgreSQL, Redis and SMTP catcher."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from databases import Database
 
-from jobs.alarms import SEND, SKIP, verdict
+from jobs.alarms import SEND, SKIP, arm_all, ring_due, verdict
+from jobs.context import JobContext
+from service.core.connections import open_redis
 from service.core.queries.alarms import Alarm
 from service.core.settings import Settings
 from tests.conftest import MailBox, drain, login, register
@@ -190,6 +193,28 @@ async def test_reminders_skip_an_unverified_address(
     await drain(settings, cron=True)
     assert reminders(mail) == []
     assert await alarms_of(db, task["id"]) == [("remind", 3600, True, "skipped"), ("due", 0, False, "pending")]
+
+
+async def test_two_cron_runs_at_once_hand_each_reminder_once(
+    client: httpx.AsyncClient, settings: Settings, db: Database, mail: MailBox, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    due = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    for n in range(30):
+        await client.post("/tasks", headers=alice, json={"title": f"r-{n}", "due_at": due})
+    await drain(settings)
+    pool = open_redis(settings)
+    try:
+        ctx = cast(JobContext, {"db": db, "redis": pool, "settings": settings})
+        assert await arm_all(ctx) == 30
+        runs = await asyncio.gather(*(ring_due(ctx, datetime.now(UTC)) for _ in range(3)))
+        assert sum(run["reminders"] for run in runs) == 30
+        assert (await ring_due(ctx, datetime.now(UTC)))["reminders"] == 0
+    finally:
+        await pool.aclose()
+    mail.messages.clear()
+    await drain(settings)
+    assert sorted(reminders(mail)) == sorted(f"Reminder: r-{n}" for n in range(30))
 
 
 def _alarm(**overrides: Any) -> Alarm:
