@@ -12,6 +12,7 @@ from jobs.retry import PermanentError
 from jobs.smtp import send_once
 from service.core.links import verification_url
 from service.core.queries.rows import as_dict
+from service.core.recurrence import zone
 from service.core.tables import tasks, users
 from service.core.webhooks import reminder_sent
 
@@ -56,11 +57,19 @@ class Reminder(BaseModel):
     email: str
     email_verified_at: datetime | None
     username: str
+    time_zone: str
+
+    def due_line(self) -> str:
+        """The due time in the owner's zone, e.g. "It is due Monday 29 March 2027 at 09:00 CEST (Europe/Berlin)"."""
+        if self.due_at is None:
+            return "It has no due date."
+        local = self.due_at.astimezone(zone(self.time_zone))
+        return f"It is due {local:%A %d %B %Y at %H:%M %Z} ({self.time_zone})."
 
 
 _REMINDER_COLUMNS = (
     tasks.c.title, tasks.c.due_at, tasks.c.status, tasks.c.priority, users.c.email, users.c.email_verified_at,
-    users.c.username,
+    users.c.username, users.c.time_zone,
 )  # fmt: skip
 
 
@@ -74,11 +83,10 @@ async def send_task_reminder_email(ctx: JobContext, *, task_id: int, once_key: s
     row = Reminder.model_validate(as_dict(found))
     if row.email_verified_at is None:  # mail goes only to addresses their owner has verified
         return {"task_id": task_id, "recipient": row.email, "sent": False, "reason": "address not verified"}
-    due = f"It is due {row.due_at:%A %d %B %Y at %H:%M %Z}." if row.due_at else "It has no due date."
     body = (
         f"Hi {row.username},\n\n"
         f'A reminder about your task "{row.title}" ({row.priority} priority, {row.status.replace("_", " ")}).\n'
-        f"{due}\n\n— Task Manager\n"
+        f"{row.due_line()}\n\n— Task Manager\n"
     )
     key = once_key or f"job:{ctx['job_id']}"
     sent = await send_once(ctx, key=key, to=row.email, subject=f"Reminder: {row.title}", body=body)

@@ -382,7 +382,7 @@ async def test_due_task_gets_exactly_one_reminder_across_three_cron_runs(
     reminders = [m for m in mail.messages if m.subject.startswith("Reminder")]
     assert [m.subject for m in reminders] == ["Reminder: due soon"]
     assert "It is due" in reminders[0].body
-    assert await db.fetch_val("SELECT count(*) FROM emails WHERE key LIKE 'due:%' AND sent_at IS NOT NULL") == 1
+    assert await db.fetch_val("SELECT count(*) FROM emails WHERE key LIKE 'remind:%' AND sent_at IS NOT NULL") == 1
 
 
 async def test_jobs_of_another_user_are_404(client: httpx.AsyncClient, settings: Settings, make_user: MakeUser) -> None:

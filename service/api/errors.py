@@ -18,6 +18,7 @@ from service.core.errors import (
     AlreadyExists,
     DomainError,
     IdempotencyMismatch,
+    InvalidField,
     QueueFull,
     is_dependency_failure,
 )
@@ -116,6 +117,9 @@ def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     if isinstance(exc, IdempotencyMismatch):  # a 422 like any other: located, in a list
         return _api_error(request, InvalidRequest.header("Idempotency-Key", exc.message, "idempotency_mismatch"))
+    if isinstance(exc, InvalidField):
+        located = [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]
+        return _api_error(request, InvalidRequest(located))
     status = next(code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind))
     headers = {"Retry-After": "5"} if status == 429 else None
     return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)

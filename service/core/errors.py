@@ -34,6 +34,15 @@ class OwnerNotActive(DomainError):
     message = "Invalid or expired token"
 
 
+class InvalidField(DomainError):
+    """A value that is valid alone but not with the rest of the row (a recurring task without a due date):
+    the edge answers 422, located at the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class IdempotencyMismatch(DomainError):
     message = "This Idempotency-Key was already used for a different request"
 

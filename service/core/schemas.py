@@ -1,6 +1,6 @@
 """Request and response models. Names show direction: *Create/*Update come in, *Public goes out."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -15,7 +15,10 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+
+from service.core import recurrence
 
 
 def _email(value: str) -> str:
@@ -74,6 +77,38 @@ When = Annotated[Moment, BeforeValidator(_iso_text)]  # for query strings, which
 Offset = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
+ZONE_NAME = r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$"  # the shape of an IANA name (which ones exist: zoneinfo)
+MAX_REMINDERS = 5
+MAX_REMIND_BEFORE = timedelta(days=30)
+
+
+def _offsets(value: list[timedelta]) -> list[timedelta]:
+    """Reminder offsets, each a whole number of seconds from 0 to 30 days, longest first, each once."""
+    for offset in value:
+        if not timedelta(0) <= offset <= MAX_REMIND_BEFORE:
+            raise ValueError("each reminder must come between 0 (PT0S) and 30 days (P30D) before the due time")
+        if offset.microseconds:
+            raise ValueError("reminder offsets are whole seconds")
+    return sorted(set(value), reverse=True)
+
+
+# ISO 8601 durations, e.g. ["P1D", "PT1H"]: one reminder each, that long before the due time.
+RemindBefore = Annotated[
+    list[timedelta], Field(max_length=MAX_REMINDERS, examples=[["P1D", "PT1H"]]),
+    AfterValidator(_offsets),
+]  # fmt: skip
+# The patterns are the schema's word on their shape; the validators (with their own messages) have the last.
+RULE_SHAPE = {"pattern": recurrence.RULE_TEXT.pattern}
+Recurrence = Annotated[
+    str, Field(max_length=500, json_schema_extra=RULE_SHAPE, examples=["FREQ=WEEKLY;BYDAY=MO;BYHOUR=9"]),
+    AfterValidator(recurrence.check_rule),
+]  # fmt: skip
+TimeZone = Annotated[
+    str, Field(max_length=64, json_schema_extra={"pattern": ZONE_NAME}, examples=["Europe/Berlin"]),
+    AfterValidator(recurrence.check_zone),
+]  # fmt: skip
+
+
 class Incoming(BaseModel):
     """A client's input: unknown fields are refused, so owner, status or is_admin cannot be slipped in;
     types are strict, so `false` is not a number and a number is not a date."""
@@ -124,11 +159,16 @@ class UserCreate(Incoming):
 
 
 class UserUpdate(Patch):
+    nullable = frozenset({"default_remind_before"})
+
     email: Email | None = None
     username: Username | None = None
     password: Password | None = None
     # Needed to change the email or the password: a stolen token alone cannot take the account over.
     current_password: CurrentPassword | None = None
+    time_zone: TimeZone | None = None  # IANA; recurrences run on its wall time, emails show it
+    # The reminders of tasks that name none; null: one, REMINDER_WINDOW_MINUTES before.
+    default_remind_before: RemindBefore | None = None
 
 
 class VerifyEmailQuery(BaseModel):
@@ -146,6 +186,8 @@ class _User(Outgoing):
     username: str
     is_active: bool
     is_admin: bool
+    time_zone: str
+    default_remind_before: list[timedelta] | None
     created_at: datetime
 
 
@@ -218,16 +260,27 @@ class TaskCreate(Incoming):
     description: Description | None = None
     due_at: Moment | None = None
     priority: Priority = Priority.NORMAL
+    remind_before: RemindBefore | None = None  # null: the owner's default_remind_before
+    recurrence: Recurrence | None = None  # an RRULE; the series starts at due_at
+
+    @model_validator(mode="after")
+    def _series_start(self) -> "TaskCreate":
+        if self.recurrence is not None and self.due_at is None:
+            raise ValueError("a recurring task needs due_at: its first occurrence, where the series starts")
+        return self
 
 
 class TaskUpdate(Patch):
-    nullable = frozenset({"description", "due_at"})
+    nullable = frozenset({"description", "due_at", "remind_before", "recurrence"})
 
     title: Title | None = None
     description: Description | None = None
     due_at: Moment | None = None
     priority: Priority | None = None
+    # "done" on a recurring task records the occurrence and moves the task to the next one (status "todo").
     status: TaskStatus | None = None
+    remind_before: RemindBefore | None = None
+    recurrence: Recurrence | None = None  # null stops the series
 
 
 class TaskPublic(Outgoing):
@@ -238,8 +291,33 @@ class TaskPublic(Outgoing):
     status: TaskStatus
     priority: Priority
     due_at: datetime | None
+    remind_before: list[timedelta] | None
+    recurrence: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class OccurrenceQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    count: Annotated[int, Field(ge=1, le=100)] = 10
+
+
+class PastOccurrence(Outgoing):
+    due_at: datetime
+    outcome: Annotated[str, Field(json_schema_extra={"enum": ["done", "missed"]})]
+    recorded_at: datetime
+
+
+class Occurrences(BaseModel):
+    """A task's next due times (its current due date first), computed in its owner's zone, and the latest
+    occurrences it has left behind, newest first."""
+
+    task_id: int
+    recurrence: str | None
+    time_zone: str
+    upcoming: list[datetime]
+    past: list[PastOccurrence]
 
 
 class Page(BaseModel):

@@ -1,7 +1,7 @@
 """The PostgreSQL schema as SQLAlchemy Core tables; alembic revisions are generated against it."""
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, INTERVAL, JSONB
 
 metadata = sa.MetaData(
     naming_convention={
@@ -37,6 +37,10 @@ users = sa.Table(
     sa.Column("email_verified_at", sa.DateTime(timezone=True), nullable=True),
     # In every access token and dashboard session: raised on a password change, it refuses all older ones.
     sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
+    # IANA name: recurrences run on its wall time, emails show times in it.
+    sa.Column("time_zone", sa.String(64), nullable=False, server_default="UTC"),
+    # The reminders of tasks that name none; null: one, REMINDER_WINDOW_MINUTES before the due time.
+    sa.Column("default_remind_before", ARRAY(INTERVAL), nullable=True),
     *_timestamps(),
     # Emails are stored lower-cased; usernames keep their case but are unique regardless of it.
     sa.Index("uq_users_username_lower", sa.text("lower(username)"), unique=True),
@@ -63,8 +67,11 @@ tasks = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, server_default="todo"),
     sa.Column("priority", sa.String(16), nullable=False, server_default="normal"),
     sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
-    # The due date the reminder cron last handed a reminder for (a moved due date earns a new one).
-    sa.Column("reminded_for", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("remind_before", ARRAY(INTERVAL), nullable=True),  # null: the owner's default
+    sa.Column("recurrence", sa.String(500), nullable=True),  # an RRULE (service.core.recurrence)
+    sa.Column("recurrence_start", sa.DateTime(timezone=True), nullable=True),  # its DTSTART
+    # False after any change to what the task's alarms depend on: the reminder cron then arms them again.
+    sa.Column("armed", sa.Boolean, nullable=False, server_default=sa.false()),
     # The due date the task.due webhook event was last emitted for (once per task and due date).
     sa.Column("due_announced_for", sa.DateTime(timezone=True), nullable=True),
     # The arq job that created the row: a re-run of that job hits this constraint instead of inserting twice.
@@ -75,12 +82,6 @@ tasks = sa.Table(
     sa.Index("ix_tasks_owner_id", "owner_id", "id"),
     sa.Index("ix_tasks_open_due_at", "due_at", postgresql_where=sa.text("status <> 'done'")),
     sa.Index(
-        "ix_tasks_due_unreminded",
-        "due_at",
-        "id",
-        postgresql_where=sa.text("due_at IS NOT NULL AND status <> 'done' AND reminded_for IS DISTINCT FROM due_at"),
-    ),
-    sa.Index(
         "ix_tasks_due_unannounced",
         "due_at",
         "id",
@@ -88,6 +89,39 @@ tasks = sa.Table(
             "due_at IS NOT NULL AND status <> 'done' AND due_announced_for IS DISTINCT FROM due_at"
         ),
     ),
+    sa.Index("ix_tasks_unarmed", "id", postgresql_where=sa.text("NOT armed")),
+)
+
+# What the reminder cron has to do for a task at a moment (jobs/alarms.py): remind its owner `ahead` of
+# the due date (kind "remind"), or note that the task fell due (kind "due": a recurring task moves on).
+# One row per task, due date, kind and offset, so each is done once; rows of past due dates stay as history.
+alarms = sa.Table(
+    "alarms",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("task_id", sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),  # the due date it is for
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("ahead", INTERVAL, nullable=False),
+    sa.Column("wake_at", sa.DateTime(timezone=True), nullable=False),  # due_at - ahead
+    sa.Column("last", sa.Boolean, nullable=False),  # the last reminder before the due date: sent even late
+    sa.Column("state", sa.String(8), nullable=False, server_default="pending"),
+    sa.Column("handled_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("task_id", "due_at", "kind", "ahead"),
+    sa.CheckConstraint("kind IN ('remind', 'due')", name="kind"),
+    sa.CheckConstraint("state IN ('pending', 'handed', 'skipped')", name="state"),
+    sa.Index("ix_alarms_pending_wake_at", "wake_at", "id", postgresql_where=sa.text("state = 'pending'")),
+)
+
+# The occurrences a recurring task has left behind: done by its owner, or passed (missed).
+task_occurrences = sa.Table(
+    "task_occurrences",
+    metadata,
+    sa.Column("task_id", sa.BigInteger, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("due_at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("outcome", sa.String(8), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("outcome IN ('done', 'missed')", name="outcome"),
 )
 
 # One row per job accepted by the API or started by cron: outlives arq's result TTL.

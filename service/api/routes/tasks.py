@@ -8,13 +8,13 @@ from starlette.routing import Route
 from service.api.auth import client_ip, current_user, token_subject
 from service.api.background import accepted, own_job, submit, submitter, within_quota
 from service.api.errors import Forbidden, InvalidRequest, NotFound
-from service.api.http import parse_body
+from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
 from service.api.owned import OwnedEndpoints
 from service.api.responses import respond
 from service.api.state import app_state
 from service.core.queries.tasks import task_filters, tasks
-from service.core.schemas import JobAccepted, JobStatus, TaskCreate, TaskQuery, TaskUpdate
+from service.core.schemas import JobAccepted, JobStatus, OccurrenceQuery, Occurrences, TaskCreate, TaskQuery, TaskUpdate
 
 endpoints = OwnedEndpoints(
     noun="task", tag="tasks", store=tasks, update_model=TaskUpdate, query_model=TaskQuery, filters=task_filters
@@ -65,6 +65,19 @@ async def remind(request: Request) -> Response:
     return accepted(record, _status_url(record.job_id))
 
 
+@operation(summary="A task's next due times, in UTC, computed in your time zone", tag="tasks",
+           query=OccurrenceQuery, response=Occurrences, errors=(404,))  # fmt: skip
+async def occurrences(request: Request) -> Response:
+    user = await current_user(request)
+    count = parse_query(request, OccurrenceQuery).count
+    found = await tasks.occurrences(
+        app_state(request).db, owner_id=user.id, row_id=request.path_params["id"], count=count
+    )
+    if found is None:
+        raise NotFound("Task not found")
+    return respond(found)
+
+
 @operation(summary="The status of a background job of yours", tag="tasks", response=JobStatus, errors=(404,))
 async def background_status(request: Request) -> Response:
     return respond((await own_job(request, await current_user(request))).status())
@@ -74,5 +87,6 @@ routes = [
     Route("/tasks", create_task, methods=["POST"]),
     *endpoints.routes("/tasks"),
     Route("/tasks/{id:id}/remind", remind, methods=["POST"]),
+    Route("/tasks/{id:id}/occurrences", occurrences, methods=["GET"]),
     Route("/tasks/background/{job_id:str}/status", background_status, methods=["GET"]),
 ]

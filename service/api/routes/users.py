@@ -9,6 +9,7 @@ from service.api.openapi import operation
 from service.api.responses import respond
 from service.api.state import app_state
 from service.core.queries import users
+from service.core.queries.tasks import rearm_defaults
 from service.core.schemas import Page, PasswordConfirmation, UserPublic, UserUpdate
 
 
@@ -40,6 +41,8 @@ async def update_me(request: Request) -> Response:
     )
     if updated is None:
         raise NotFound()
+    if "default_remind_before" in changes:
+        await rearm_defaults(state.db, owner_id=user.id)
     if updated.email != user.email:  # unverified until the link sent to the new address is followed
         await state.dispatcher.submit(
             name="send_email_confirmation", owner_id=user.id, args={"user_id": user.id, "email": updated.email}
