@@ -21,7 +21,7 @@ from typing import Any
 from jobs.context import JobContext
 from service.core.dispatch import Dispatcher
 from service.core.errors import QueueFull
-from service.core.queries import alarms
+from service.core.queries import alarms, webhooks
 from service.core.queries.alarms import Alarm
 from service.core.recurrence import next_due
 
@@ -62,7 +62,9 @@ async def task_fell_due(ctx: JobContext, alarm: Alarm, now: datetime) -> None:
     A recurring task moves on to its next occurrence, which the next arming gives its alarms."""
     log.info("task %d fell due (%s)", alarm.task_id, alarm.due_at.isoformat())
     if alarm.recurrence is None:
-        return
+        return  # the task.due sweep (jobs/webhooks.py) announces it: its due time has passed
+    # Moving on, the task leaves this due date before the sweep could see it passed: announced here.
+    await webhooks.queue_task_due(ctx["db"], task_id=alarm.task_id, due_at=alarm.due_at)
     start = alarm.recurrence_start or alarm.due_at
     following = next_due(alarm.recurrence, start=start, after=max(alarm.due_at, now), time_zone=alarm.time_zone)
     if following is not None:

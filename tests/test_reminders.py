@@ -371,3 +371,25 @@ async def test_occurrences_of_someone_elses_task_are_404_and_count_is_bounded(
         assert response.status_code == 422
     plain = (await client.get(f"/tasks/{task['id']}/occurrences", headers=alice)).json()
     assert (plain["recurrence"], plain["upcoming"]) == (None, ["2027-03-22T08:00:00Z"])
+
+
+async def test_a_recurring_task_that_moves_on_still_emits_task_due_for_the_occurrence_it_left(
+    client: httpx.AsyncClient, settings: Settings, db: Database, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    hook = {"url": "https://93.184.215.14/hooks/tm", "events": ["task.due"]}  # a public address: no DNS
+    assert (await client.post("/webhooks", headers=alice, json=hook)).status_code == 201
+    due = (datetime.now(UTC) - timedelta(minutes=2)).replace(microsecond=0)
+    task = await create(client, settings, alice, due_at=due.isoformat(), recurrence="FREQ=DAILY")
+    pool = open_redis(settings)
+    try:
+        ctx = cast(JobContext, {"db": db, "redis": pool, "settings": settings})
+        await arm_all(ctx)
+        await ring_due(ctx, datetime.now(UTC))  # the occurrence passes: the task moves to tomorrow
+    finally:
+        await pool.aclose()
+    moved = (await client.get(f"/tasks/{task['id']}", headers=alice)).json()
+    assert moved["due_at"] == (due + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    # The task.due sweep, which looks for tasks whose due time has passed, would never see this one.
+    events = await db.fetch_all("SELECT event_id FROM webhook_deliveries WHERE event_type = 'task.due'")
+    assert [row["event_id"] for row in events] == [f"task.due:{task['id']}:{int(due.timestamp())}"]

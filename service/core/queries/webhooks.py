@@ -7,6 +7,7 @@ come back when their lease ends.
 """
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -109,6 +110,24 @@ queued AS (
 )
 SELECT (SELECT count(*) FROM announced) AS tasks, (SELECT count(*) FROM queued) AS deliveries
 """
+
+
+# task.due for one task and the due date it just left (a recurring task moving on to its next
+# occurrence, which the sweep above would never see as past due): the sweep's event id, so once.
+_TASK_LEFT_DUE = """
+INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, data)
+SELECT w.id, 'task.due:' || t.id || ':' || floor(extract(epoch FROM CAST(:due_at AS timestamptz)))::bigint,
+    'task.due', jsonb_build_object('task_id', t.id, 'title', t.title, 'status', t.status, 'priority', t.priority,
+                                   'due_at', CAST(:due_at AS timestamptz))
+FROM tasks t JOIN webhooks w ON w.owner_id = t.owner_id
+WHERE t.id = :task_id AND w.active AND 'task.due' = ANY(w.events)
+ON CONFLICT (webhook_id, event_id) DO NOTHING
+"""
+
+
+async def queue_task_due(db: Database, *, task_id: int, due_at: datetime) -> None:
+    """task.due for a task at a due date it is about to leave (once per task and due date)."""
+    await db.execute(_TASK_LEFT_DUE, {"task_id": task_id, "due_at": due_at})
 
 
 DUE_PAGE = 500
