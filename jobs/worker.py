@@ -191,7 +191,8 @@ def worker_settings(settings: Settings, *, slow: bool = False, own_process: bool
         max_tries = settings.job_max_tries
         keep_result = 3600  # arq's copy; PostgreSQL keeps the history
         allow_abort_jobs = True
-        health_check_interval = 10
+        # arq's health record (what `arq --check` reads) every 30 s: the longest an idle worker sleeps.
+        health_check_interval = 30
         # On SIGTERM / SIGINT: take no new job, let running ones finish for this long, then cancel
         # them (they run again elsewhere).
         job_completion_wait = settings.worker_shutdown_grace

@@ -2,7 +2,7 @@
 retries, aborts and cron runs happen when due, not at the next idle poll.
 
 Each bound (300 ms) is far below the idle wait it would take otherwise (arq's health-check interval,
-10 s, is the longest an idle worker sleeps) and far above the measured lateness (a few ms, see
+30 s, is the longest an idle worker sleeps) and far above the measured lateness (a few ms, see
 `make bench`), so it holds on a loaded machine.
 """
 

@@ -90,6 +90,7 @@ class Bench:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, figure, latency, ratio
     notes: list[str] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)  # insert jobs/s, by worker, for the ratios
+    cpu: dict[int, dict[str, float]] = field(default_factory=dict)  # see _ours_rate
     # The figures behind the rows, by name, each a list of values (one per turn or run), for
     # `python -m tests.bench.ranges`: ranges over several `make bench` runs.
     figures: dict[str, list[float]] = field(default_factory=dict)
@@ -168,6 +169,31 @@ class Bench:
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every process's CPU time so far (user + system), by pid, with its command name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        found[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def cpu_split(before: dict[int, tuple[str, float]], seconds: float, workers: list[int]) -> dict[str, float]:
+    """The share of the machine's cores each kind of process used since `before`, over `seconds`
+    (the worker processes by pid, the rest by command name), the largest first."""
+    shares: dict[str, float] = {}
+    cores = os.cpu_count() or 1
+    for pid, (name, used) in cpu_seconds().items():
+        kind = "worker" if pid in workers else name
+        shares[kind] = shares.get(kind, 0.0) + (used - before.get(pid, (name, 0.0))[1]) / seconds / cores
+    return dict(sorted(((kind, share) for kind, share in shares.items() if share >= 0.005), key=lambda kv: -kv[1]))
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -479,13 +505,16 @@ async def _wait_done(bench: Bench, count: int, timeout: float = 300) -> None:
 
 
 def _ours_rate(bench: Bench, processes: int) -> tuple[float, float]:
-    """JOBS queued beforehand, then taken by this many worker processes: jobs/s, and the first one's RSS."""
+    """JOBS queued beforehand, then taken by this many worker processes: jobs/s, and the first one's RSS.
+    Where the machine's CPU went meanwhile is kept in bench.cpu, by the number of processes."""
     asyncio.run(bench.sql("DELETE FROM jobs WHERE name = 'process_new_task'"))
     asyncio.run(bench.flush_redis())
     asyncio.run(_submit_ours(bench, JOBS))
+    before, started = cpu_seconds(), time.monotonic()
     workers = [bench.process([sys.executable, "-m", "jobs"], f"worker-{n}") for n in range(processes)]
     try:
         asyncio.run(_wait_done(bench, JOBS))
+        bench.cpu[processes] = cpu_split(before, time.monotonic() - started, [worker.pid for worker in workers])
         rate, _ = asyncio.run(_ours_window(bench, JOBS))
         return rate, rss_mb(workers[0].pid)
     finally:
@@ -502,7 +531,7 @@ def ours_worker(bench: Bench) -> None:
     asyncio.run(bench.flush_redis())
     worker = bench.process([sys.executable, "-m", "jobs"], "worker-idle")
     try:
-        idle = asyncio.run(_idle_commands(bench, IDLE_SECONDS))
+        idle, idle_by_command = asyncio.run(_idle_commands(bench, IDLE_SECONDS))
         asyncio.run(_submit_ours(bench, PICKUPS, spacing=0.02))
         asyncio.run(_wait_done(bench, PICKUPS))
         _, pickups = asyncio.run(_ours_window(bench, PICKUPS))
@@ -530,17 +559,29 @@ def ours_worker(bench: Bench) -> None:
         )
     )
     bench.notes.append(f"Worker RSS after {JOBS:,} jobs: {max(rss for _, rss in runs):.0f} MB.")
+    for processes, shares in sorted(bench.cpu.items()):
+        split = ", ".join(f"{kind} {share:.0%}" for kind, share in list(shares.items())[:6])
+        bench.notes.append(f"The machine's two cores while {processes} worker process(es) took the jobs: {split}.")
+    commands = ", ".join(f"{name} {rate:.2f}" for name, rate in list(idle_by_command.items())[:8])
+    bench.notes.append(f"Idle worker's Redis commands per second, the most frequent first: {commands}.")
 
 
-async def _idle_commands(bench: Bench, seconds: float = 10.0) -> float:
-    """Redis commands per second while the worker has nothing to do (after a few seconds' rest)."""
+async def _idle_commands(bench: Bench, seconds: float = 10.0) -> tuple[float, dict[str, float]]:
+    """Redis commands per second while the worker has nothing to do (after a few seconds' rest), in
+    all and by command (the largest first), from the server's own counts."""
     redis = Redis.from_url(bench.valkey.url)
     await asyncio.sleep(3)
-    before = int((await redis.info("stats"))["total_commands_processed"])
+    before = await redis.info("commandstats")
     await asyncio.sleep(seconds)
-    after = int((await redis.info("stats"))["total_commands_processed"])
+    after = await redis.info("commandstats")
     await redis.aclose()
-    return (after - before - 2) / seconds  # the two INFO commands are ours
+    calls = {
+        name.removeprefix("cmdstat_"): (stats["calls"] - before.get(name, {}).get("calls", 0)) / seconds
+        for name, stats in after.items()
+        if name != "cmdstat_info"  # our two INFO commands
+    }
+    by_command = dict(sorted(((name, rate) for name, rate in calls.items() if rate), key=lambda kv: -kv[1]))
+    return sum(by_command.values()), by_command
 
 
 def percentile(values: list[float], q: float) -> float:
