@@ -270,6 +270,15 @@ class TaskCreate(Incoming):
         return self
 
 
+MAX_BATCH = 100
+
+
+class TaskBatchCreate(Incoming):
+    """Tasks created together, all or none (an item's error is located by its index)."""
+
+    tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 class TaskUpdate(Patch):
     nullable = frozenset({"description", "due_at", "remind_before", "recurrence"})
 
@@ -397,6 +406,19 @@ class JobRecord(JobStatus):
 class JobAccepted(BaseModel):
     job_id: str
     status_url: str
+
+
+class JobsAccepted(BaseModel):
+    """One accepted job per item of a batch, in its order."""
+
+    jobs: list[JobAccepted]
+
+
+class JobWait(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    # Seconds to wait, with If-None-Match, for a change of the job before answering 304.
+    wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0
 
 
 class SendEmailRequest(Incoming):
