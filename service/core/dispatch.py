@@ -94,6 +94,8 @@ class Dispatcher:
         them. With batch_id, job i is `{batch_id}-{i}`, and a batch asked again returns the jobs it
         made (IdempotencyMismatch if asked differently: other args, or more or fewer of them). QueueFull
         if the owner's cap leaves any out; OwnerNotActive as for `submit`."""
+        if not args:
+            return []
         batch = [
             _new_job(name=name, owner_id=owner_id, args=job_args, job_id=batch_id and f"{batch_id}-{i}")
             for i, job_args in enumerate(args)

@@ -417,8 +417,16 @@ class JobsAccepted(BaseModel):
 class JobWait(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    # Seconds to wait, with If-None-Match, for a change of the job before answering 304.
-    wait: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 0
+    wait: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            allow_inf_nan=False,
+            description="Seconds to wait, when If-None-Match names the job's current status, for its next "
+            "change (200) before answering 304. Without If-None-Match the answer is at once.",
+        ),
+    ] = 0
 
 
 class SendEmailRequest(Incoming):
