@@ -50,13 +50,13 @@ class Submitter(NamedTuple):
     token_version: int
 
 
-async def submitter(request: Request) -> Submitter:
-    """The caller of a job submission, once their job quota has room. A bad token is 401 before
-    anything; a user that is gone is 401 before a full quota's 429."""
+async def submitter(request: Request, jobs: int = 1) -> Submitter:
+    """The caller of a submission of `jobs` jobs, once their job quota has room for them all. A bad token
+    is 401 before anything; a user that is gone is 401 before a full quota's 429."""
     caller = Submitter(*token_subject(request))
     state = app_state(request)
     try:
-        await within_quota(state, caller.user_id, client_ip(request))
+        await within_quota(state, caller.user_id, client_ip(request), jobs)
     except TooManyRequests:
         await active_user(state, caller.user_id, caller.token_version)
         raise
@@ -76,16 +76,30 @@ async def submit(
         raise InvalidAuthToken() from None
 
 
-async def within_quota(state: AppState, user_id: int, address: str) -> None:
+async def submit_all(
+    request: Request, caller: Submitter, *, name: str, args: list[dict[str, Any]], batch_id: str | None
+) -> list[JobRecord]:
+    """`submit` for a batch, all or none (service.core.dispatch.Dispatcher.submit_all)."""
+    try:
+        return await app_state(request).dispatcher.submit_all(
+            name=name, owner_id=caller.user_id, args=args, batch_id=batch_id, owner_version=caller.token_version
+        )
+    except OwnerNotActive:
+        raise InvalidAuthToken() from None
+
+
+async def within_quota(state: AppState, user_id: int, address: str, jobs: int = 1) -> None:
     """At most ENQUEUE_QUOTA_PER_MINUTE jobs a minute per user, and ENQUEUE_QUOTA_PER_ADDRESS_PER_MINUTE
-    per client address, so that fresh accounts do not bring fresh quotas (429 with Retry-After beyond)."""
+    per client address, so that fresh accounts do not bring fresh quotas (429 with Retry-After beyond).
+    A submission of several jobs counts as that many."""
     settings = state.settings
     checks = []
     if settings.enqueue_quota_per_minute:
         per_user = Limit("enqueue", settings.enqueue_quota_per_minute, 60)
-        checks.append(Check(per_user, str(user_id), "Job quota exceeded: too many jobs this minute"))
+        checks.append(Check(per_user, str(user_id), "Job quota exceeded: too many jobs this minute", jobs))
     if settings.enqueue_quota_per_address_per_minute:
         per_address = Limit("enqueue-ip", settings.enqueue_quota_per_address_per_minute, 60)
-        checks.append(Check(per_address, address, "Job quota exceeded: too many jobs from this address this minute"))
+        message = "Job quota exceeded: too many jobs from this address this minute"
+        checks.append(Check(per_address, address, message, jobs))
     if checks:
         await state.throttle.check(*checks)  # counted together, in one round trip (service.api.throttle)

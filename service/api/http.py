@@ -1,13 +1,17 @@
-"""Request parsing into pydantic models: a 422 with field errors, located, on anything invalid."""
+"""Request parsing into pydantic models: a 422 with field errors, located, on anything invalid; and
+waiting on something for as long as the client stays."""
 
-from typing import TypeVar
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.api.errors import InvalidRequest
 
 Model = TypeVar("Model", bound=BaseModel)
+T = TypeVar("T")
 
 
 async def parse_body(request: Request, model: type[Model]) -> Model:
@@ -33,3 +37,24 @@ async def parse_form(request: Request, model: type[Model]) -> Model:
         return model.model_validate(fields)
     except ValidationError as exc:
         raise InvalidRequest.of(exc, "body") from None
+
+
+async def while_connected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """The work's result; if the client disconnects first, the work is cancelled (what it holds is let
+    go before this returns) and ClientDisconnect raised. For a request whose body is read, or has none."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnect())
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        task.cancel()  # a no-op once it is done
+        await asyncio.wait((task,))
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()

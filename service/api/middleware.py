@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 TOO_LARGE = "Content Too Large"
 REQUEST_ID_HEADER = b"x-request-id"
 CONTENT_LENGTH = b"content-length"
+DEADLINE = "edge.extend_deadline"  # the scope key of a callable that gives this request more time
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 PAGE_HEADERS = [(b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin")]
@@ -43,6 +44,7 @@ class _Request:
 
     request_id: str
     reading: bool = False  # the handler waits for the client's body
+    body_received: bool = False  # all of it: a handler receiving after that waits for a disconnect
     begun: bool = False  # the response has begun
     status: int = 500  # what the client was answered; 500 until a response begins
     late: asyncio.Task[None] | None = None  # the answer sent when the deadline passed
@@ -63,7 +65,8 @@ class Edge:
       PostgreSQL or Redis, frozen or cut off) is cancelled, and the client gets 503 with Retry-After
       at once, while the handler's clean-up (a connection waiting for its query's cancellation)
       finishes in the background; 408 if it was waiting for the client's own body. A response once
-      begun (a stream of events) runs on. Work a cancelled handler had handed on (a job row being
+      begun (a stream of events) runs on. A handler that waits on purpose (a long-poll) extends its own
+      deadline (`extend_deadline`). Work a cancelled handler had handed on (a job row being
       written with others') completes: a client retrying with its Idempotency-Key gets that job;
     - telemetry: the HTTP metrics by route template, and one access log line.
     """
@@ -133,11 +136,13 @@ class Edge:
 
         async def receive_within_limit() -> Message:
             nonlocal received
-            this.reading = True
+            this.reading = not this.body_received
             try:
                 message = await receive()
             finally:
                 this.reading = False
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                this.body_received = True
             received += len(message.get("body", b""))
             if received > self.max_body_size:
                 raise HTTPException(413, TOO_LARGE)
@@ -158,6 +163,13 @@ class Edge:
             request.cancel()
 
         timer = loop.call_later(self.deadline, expire)  # a timer, not a task: next to nothing per request
+
+        def extend(seconds: float) -> None:
+            nonlocal timer
+            timer.cancel()
+            timer = loop.call_later(seconds + self.deadline, expire)
+
+        scope[DEADLINE] = extend
         try:
             await self.app(scope, receive_within_limit, send_unless_late)
         except asyncio.CancelledError:
@@ -176,3 +188,11 @@ class Edge:
             status, detail, headers = 503, "Service temporarily unavailable", {"Retry-After": "1"}
             log.warning("no answer within %.1f s to %s %s: 503", self.deadline, scope["method"], scope["path"])
         await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def extend_deadline(scope: Scope, seconds: float) -> None:
+    """Give this request `seconds` from now, plus the usual deadline, to begin its response (a long-poll
+    that waits that long on purpose); no-op outside the Edge."""
+    extend = scope.get(DEADLINE)
+    if extend is not None:
+        extend(seconds)

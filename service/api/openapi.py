@@ -22,6 +22,7 @@ STATUS_TEXT = {
     201: "Created",
     202: "Accepted: the work runs in the background",
     204: "No content",
+    304: "Not modified: the representation you hold (If-None-Match) is current; no body",
     401: "Missing, invalid or expired token",
     403: "Not allowed",
     404: "Not found, or not yours",
@@ -48,6 +49,8 @@ class Operation:
     auth: bool = True
     media_type: str = "application/json"
     headers: tuple[str, ...] = ()  # request headers it reads, by their names in HEADER_PARAMETERS
+    location: bool = True  # a 202 says in Location where to follow its job
+    etag: bool = False  # its 200 carries an ETag; a matching If-None-Match is answered 304
 
 
 def operation(**spec: Any) -> Callable[[Endpoint], Endpoint]:
@@ -142,12 +145,22 @@ HEADER_PARAMETERS: dict[str, Any] = {
         "one (422 if the body differs).",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
     },
+    "IfNoneMatch": {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "The ETag(s) of the representation you hold (RFC 9110, weak comparison; `*` for any): "
+        "304 without a body if one of them is current.",
+        "schema": {"type": "string"},
+    },
 }
 # Response headers, declared once, by their names.
 RESPONSE_HEADERS: dict[str, Any] = {
     "X-Request-ID": {"description": "The request's id (yours, or one made up)", "required": True,
                      "schema": {"type": "string"}},
     "Location": {"description": "Where to follow the job", "required": True, "schema": {"type": "string"}},
+    "ETag": {"description": "The representation's entity tag, for If-None-Match", "required": True,
+             "schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait before trying again", "required": True,
                     "schema": {"type": "integer", "minimum": 1}},
     "WWW-Authenticate": {"description": "The authentication scheme: Bearer", "required": True,
@@ -155,10 +168,11 @@ RESPONSE_HEADERS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _headers(status: int) -> dict[str, Any]:
-    """The headers a response with this status carries."""
+def _headers(status: int, spec: Operation | None = None) -> dict[str, Any]:
+    """The headers a response with this status carries (of this operation, for its own statuses)."""
     names = ["X-Request-ID"]
-    names += ["Location"] if status == 202 else []
+    names += ["Location"] if status == 202 and spec is not None and spec.location else []
+    names += ["ETag"] if status in (200, 304) and spec is not None and spec.etag else []
     names += ["Retry-After"] if status in (429, 503) else []
     names += ["WWW-Authenticate"] if status == 401 else []
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
@@ -167,14 +181,18 @@ def _headers(status: int) -> dict[str, Any]:
 def _operation(route: Route, spec: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": spec.summary, "tags": [spec.tag], "operationId": route.name}
     params = _path_parameters(route) + (_query_parameters(spec.query) if spec.query else [])
-    params += [{"$ref": f"#/components/parameters/{name}"} for name in (*spec.headers, "RequestId")]
+    headers = (*spec.headers, "IfNoneMatch") if spec.etag else spec.headers
+    params += [{"$ref": f"#/components/parameters/{name}"} for name in (*headers, "RequestId")]
     op["parameters"] = params
     if spec.body is not None:
         op["requestBody"] = {"required": True, "content": _content(refs[spec.body, "validation"])}
     if spec.form is not None:
         form = refs[spec.form, "validation"]
         op["requestBody"] = {"required": True, "content": _content(form, "application/x-www-form-urlencoded")}
-    success: dict[str, Any] = {"description": STATUS_TEXT.get(spec.status, "OK"), "headers": _headers(spec.status)}
+    success: dict[str, Any] = {
+        "description": STATUS_TEXT.get(spec.status, "OK"),
+        "headers": _headers(spec.status, spec),
+    }
     if spec.events is not None:
         success["content"] = _content(_event_schema(refs[spec.events, "serialization"]), "text/event-stream")
     elif spec.response is not None:
@@ -183,6 +201,8 @@ def _operation(route: Route, spec: Operation, refs: dict[Any, Any]) -> dict[str,
     elif spec.media_type != "application/json":
         success["content"] = {spec.media_type: {"schema": {"type": "string"}}}
     op["responses"] = {str(spec.status): success}
+    if spec.etag:
+        op["responses"]["304"] = {"description": STATUS_TEXT[304], "headers": _headers(304, spec)}
     errors = set(spec.errors) | {503}  # any operation may find PostgreSQL or Redis away
     errors |= {401} if spec.auth else set()
     errors |= {422} if spec.body or spec.form or spec.query else set()

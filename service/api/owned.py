@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from service.api.auth import current_user
 from service.api.background import within_write_quota
+from service.api.conditional import respond_tagged
 from service.api.errors import NotFound
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
@@ -57,13 +58,13 @@ class OwnedEndpoints(Generic[M, Q]):
             )
             return respond(found)
 
-        @operation(summary=f"One of your {noun}s", tag=tag, response=public, errors=(404,))
+        @operation(summary=f"One of your {noun}s", tag=tag, response=public, errors=(404,), etag=True)
         async def read(request: Request) -> Response:
             user = await current_user(request)
             row = await store.get(app_state(request).db, owner_id=user.id, row_id=request.path_params["id"])
             if row is None:
                 raise self._missing()
-            return respond(row)
+            return respond_tagged(request, row)
 
         @operation(
             summary=f"Change one of your {noun}s", tag=tag, body=self.update_model, response=public, errors=(404, 429)

@@ -1,11 +1,12 @@
-"""Server-Sent Events of job status changes, for every stream of this process from one Redis
-subscription.
+"""Server-Sent Events of job status changes, and long-polls for the next one, for every stream of this
+process from one Redis subscription.
 
 The worker publishes each change of a job on its channel (service.core.events). Each API process
 subscribes once, to the channels of the jobs its streams follow, and hands every message to those
 streams: 2,000 streams cost one Redis connection, not 2,000. Streams are capped per process and per
 user (429 beyond). A stream that misses a message (a full queue, Redis reconnecting) reads the job's
-row again; it also reads it every few quiet seconds, so the final state always arrives.
+row again; it also reads it every few quiet seconds, so the final state always arrives. A long-poll
+(GET /jobs/{id}?wait=) is a stream too, for the caps, that ends at the job's first change.
 """
 
 import asyncio
@@ -19,11 +20,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from service.api.conditional import Tagged
 from service.api.throttle import TooManyRequests
 from service.core import keys
 from service.core.events import JobEvent
 from service.core.queries import job_records
-from service.core.schemas import JobStatus
+from service.core.schemas import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class StreamHub:
         if self.streams >= self.max_streams:
             raise TooManyRequests("Too many event streams on this server; poll GET /jobs/{id} instead", 5)
         if self._per_user[user_id] >= self.max_per_user:
-            raise TooManyRequests(f"At most {self.max_per_user} event streams per user", 5)
+            raise TooManyRequests(f"At most {self.max_per_user} event streams and long-polls per user", 5)
 
     @contextlib.asynccontextmanager
     async def follow(self, job_id: str, user_id: int) -> AsyncIterator[asyncio.Queue[bytes]]:
@@ -160,3 +162,22 @@ async def status_events(db: Database, changes: asyncio.Queue[bytes], job_id: str
                 event = await _read_row(db, job_id)
             continue
         event = await _read_row(db, job_id) if data == RESYNC else JobEvent.model_validate_json(data)
+
+
+async def changed(
+    db: Database, changes: asyncio.Queue[bytes], job_id: str, etag: str, within: float
+) -> JobRecord | None:
+    """The job as soon as its status is no longer the one tagged etag, or it is final; as it was last
+    read once `within` seconds have passed (None if it is gone). Subscribed before the first read of the
+    row (the caller's `follow`), so no change can slip in between; the row is read again only when a
+    change of the job is published, never on a timer."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        record = await job_records.get(db, job_id=job_id)
+        if record is None or record.state.is_final or Tagged(record.status()).etag != etag:
+            return record
+        try:
+            async with asyncio.timeout_at(deadline):
+                await changes.get()
+        except TimeoutError:
+            return record

@@ -36,15 +36,22 @@ class Check:
     rule: Limit
     subject: str
     message: str
+    cost: int = 1  # events it counts as: a batch of N jobs is N
 
 
-# For each key (ARGV: its window in ms): one more event in its window, which starts with the first;
-# the events so far and the milliseconds left. One command for a batch, where a pipeline of INCR,
+# For each key (ARGV: its window in ms, its limit and its cost, by thirds): `cost` more events in its
+# window, which starts with the first; the events so far and the milliseconds left. A count that this
+# takes over the limit keeps only one of its cost: a refused batch counts as one refused request, so a
+# user with 5 left who asks for 10 still has 4. One command for a batch, where a pipeline of INCRBY,
 # PEXPIRE NX and PTTL would be three a key, each packed and parsed by the client.
 COUNT = """
 local counted = {}
+local n = #KEYS
 for i, key in ipairs(KEYS) do
-  counted[2 * i - 1] = redis.call('INCR', key)
+  local cost = tonumber(ARGV[2 * n + i])
+  local events = redis.call('INCRBY', key, cost)
+  if cost > 1 and events > tonumber(ARGV[n + i]) then redis.call('DECRBY', key, cost - 1) end
+  counted[2 * i - 1] = events
   local ttl = redis.call('PTTL', key)
   if ttl < 0 then
     redis.call('PEXPIRE', key, ARGV[i])
@@ -67,7 +74,7 @@ class Throttle:
         self._counts = Batcher(self._count_many)
 
     async def check(self, *checks: Check) -> None:
-        """Count one event for each check, together, and refuse (429, with Retry-After) if any is
+        """Count each check's events (its cost), together, and refuse (429, with Retry-After) if any is
         beyond its limit: the first such, in the order given."""
         counted = await self._counts.submit(checks)
         for check, (events, ttl_ms) in zip(checks, counted, strict=True):
@@ -83,6 +90,8 @@ class Throttle:
         checks = [check for checks in batch for check in checks]
         counters = [check.rule.key(check.subject) for check in checks]
         windows = [check.rule.window * 1000 for check in checks]
-        replies = await self._script(keys=counters, args=windows)
+        limits = [check.rule.limit for check in checks]
+        costs = [check.cost for check in checks]
+        replies = await self._script(keys=counters, args=[*windows, *limits, *costs])
         pairs = iter(zip(replies[0::2], replies[1::2], strict=True))
         return [[(int(events), int(ttl)) for events, ttl in (next(pairs) for _ in checks)] for checks in batch]

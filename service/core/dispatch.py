@@ -81,6 +81,44 @@ class Dispatcher:
                 await self._enqueues.submit(record)
         return record
 
+    async def submit_all(
+        self,
+        *,
+        name: str,
+        owner_id: int,
+        args: Sequence[Mapping[str, Any]],
+        batch_id: str | None = None,
+        owner_version: int | None = None,
+    ) -> list[JobRecord]:
+        """Accept one job per args, all or none: one statement records them all, one pipeline enqueues
+        them. With batch_id, job i is `{batch_id}-{i}`, and a batch asked again returns the jobs it
+        made (IdempotencyMismatch if asked differently: other args, or more or fewer of them). QueueFull
+        if the owner's cap leaves any out; OwnerNotActive as for `submit`."""
+        if not args:
+            return []
+        batch = [
+            _new_job(name=name, owner_id=owner_id, args=job_args, job_id=batch_id and f"{batch_id}-{i}")
+            for i, job_args in enumerate(args)
+        ]
+        for job in batch:
+            job["owner_version"] = owner_version
+            with tracing.creating(job_id=job["job_id"], name=name, queue=job["queue_name"]) as trace_context:
+                job["trace_context"] = trace_context
+        try:
+            created = await job_records.accept_all(self.db, batch, self.caps)
+        except asyncpg.UniqueViolationError:
+            if batch_id is None:
+                raise
+            records = await _existing_batch(self.db, batch, f"{batch_id}-{len(batch)}")
+        else:
+            if not created:  # the owner's cap, or the owner is not who the request's token says
+                if owner_version is not None:
+                    await _check_owner(self.db, owner_id, owner_version)
+                raise QueueFull()
+            records = [created[job["job_id"]] for job in batch]
+        await enqueue_many(self.redis, [(record, None) for record in records if not record.state.is_final])
+        return records
+
     async def _enqueue_many(self, batch: list[JobRecord]) -> list[None]:
         await enqueue_many(self.redis, [(record, None) for record in batch])
         return [None] * len(batch)
@@ -128,6 +166,19 @@ async def _existing(db: Database, job: dict[str, Any]) -> JobRecord | None:
     if (record.owner_id, record.name, record.args) != (job["owner_id"], job["name"], job["args"]):
         raise IdempotencyMismatch()
     return record
+
+
+async def _existing_batch(db: Database, batch: list[dict[str, Any]], beyond: str) -> list[JobRecord]:
+    """The jobs a batch asked the same way made before; IdempotencyMismatch if it was asked differently:
+    a job of it missing or asked otherwise, or one past its end (the earlier batch was longer)."""
+    found = await job_records.get_many(db, job_ids=[job["job_id"] for job in batch] + [beyond])
+    records = [found.get(job["job_id"]) for job in batch]
+    if beyond in found or any(
+        record is None or (record.owner_id, record.name, record.args) != (job["owner_id"], job["name"], job["args"])
+        for job, record in zip(batch, records, strict=True)
+    ):
+        raise IdempotencyMismatch()
+    return [record for record in records if record is not None]
 
 
 async def record_job(

@@ -270,6 +270,15 @@ class TaskCreate(Incoming):
         return self
 
 
+MAX_BATCH = 100
+
+
+class TaskBatchCreate(Incoming):
+    """Tasks created together, all or none (an item's error is located by its index)."""
+
+    tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 class TaskUpdate(Patch):
     nullable = frozenset({"description", "due_at", "remind_before", "recurrence"})
 
@@ -397,6 +406,27 @@ class JobRecord(JobStatus):
 class JobAccepted(BaseModel):
     job_id: str
     status_url: str
+
+
+class JobsAccepted(BaseModel):
+    """One accepted job per item of a batch, in its order."""
+
+    jobs: list[JobAccepted]
+
+
+class JobWait(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    wait: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            allow_inf_nan=False,
+            description="Seconds to wait, when If-None-Match names the job's current status, for its next "
+            "change (200) before answering 304. Without If-None-Match the answer is at once.",
+        ),
+    ] = 0
 
 
 class SendEmailRequest(Incoming):

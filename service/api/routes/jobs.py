@@ -8,18 +8,22 @@ from starlette.routing import Route
 
 from service.api.auth import current_user
 from service.api.background import accepted, own_job, submit, submitter
-from service.api.errors import Conflict, Forbidden
-from service.api.http import parse_body, parse_query
+from service.api.conditional import Tagged, none_match
+from service.api.errors import Conflict, Forbidden, NotFound
+from service.api.http import parse_body, parse_query, while_connected
+from service.api.middleware import extend_deadline
 from service.api.openapi import operation
 from service.api.responses import respond
 from service.api.state import app_state
-from service.api.streams import status_events
+from service.api.streams import changed, status_events
 from service.core import dispatch
 from service.core.queries import job_records
 from service.core.schemas import (
     JobAccepted,
     JobQuery,
+    JobRecord,
     JobStatus,
+    JobWait,
     LongCalcRequest,
     ReportRequest,
     SendEmailRequest,
@@ -64,9 +68,37 @@ async def list_jobs(request: Request) -> Response:
     return respond([record.status() for record in found])
 
 
-@operation(summary="The status of one of your jobs", tag="jobs", response=JobStatus, errors=(404,))
+@operation(summary="The status of one of your jobs; with wait and If-None-Match, at its next change", tag="jobs",
+           query=JobWait, response=JobStatus, errors=(404, 429), etag=True)  # fmt: skip
 async def job_status(request: Request) -> Response:
-    return respond((await own_job(request, await current_user(request))).status())
+    """A long-poll when asked to wait with the ETag of the status it holds: the answer comes at the job's
+    next change (200), or once `wait` seconds have passed (304). Without If-None-Match, or with another
+    tag, or for a finished job, the answer is at once."""
+    user = await current_user(request)
+    wait = parse_query(request, JobWait).wait
+    record = await own_job(request, user)
+    status = Tagged(record.status())
+    held = request.headers.get("if-none-match")
+    # `*` matches every status there will be: nothing to wait for.
+    if wait and not record.state.is_final and held and held.strip() != "*" and none_match(held, status.etag):
+        status = Tagged((await _next_change(request, user.id, record, status.etag, wait)).status())
+    return status.response(request)
+
+
+async def _next_change(request: Request, user_id: int, record: JobRecord, etag: str, wait: float) -> JobRecord:
+    """The job at its next change, or as it is after `wait` seconds: a stream, for the caps (429 beyond)."""
+    state = app_state(request)
+    state.streams.admit(user_id)
+    extend_deadline(request.scope, wait)
+
+    async def follow() -> JobRecord | None:
+        async with state.streams.follow(record.job_id, user_id) as changes:
+            return await changed(state.db, changes, record.job_id, etag, wait)
+
+    found = await while_connected(request, follow())  # a client gone frees its stream at once
+    if found is None:
+        raise NotFound("Job not found")
+    return found
 
 
 @operation(summary="Abort one of your queued or running jobs", tag="jobs", response=JobStatus, errors=(404, 409))

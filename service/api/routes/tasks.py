@@ -6,7 +6,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.api.auth import client_ip, current_user, token_subject
-from service.api.background import accepted, own_job, submit, submitter, within_quota
+from service.api.background import accepted, own_job, submit, submit_all, submitter, within_quota
+from service.api.conditional import respond_tagged
 from service.api.errors import Forbidden, InvalidRequest, NotFound
 from service.api.http import parse_body, parse_query
 from service.api.openapi import operation
@@ -14,7 +15,17 @@ from service.api.owned import OwnedEndpoints
 from service.api.responses import respond
 from service.api.state import app_state
 from service.core.queries.tasks import task_filters, tasks
-from service.core.schemas import JobAccepted, JobStatus, OccurrenceQuery, Occurrences, TaskCreate, TaskQuery, TaskUpdate
+from service.core.schemas import (
+    JobAccepted,
+    JobsAccepted,
+    JobStatus,
+    OccurrenceQuery,
+    Occurrences,
+    TaskBatchCreate,
+    TaskCreate,
+    TaskQuery,
+    TaskUpdate,
+)
 
 endpoints = OwnedEndpoints(
     noun="task", tag="tasks", store=tasks, update_model=TaskUpdate, query_model=TaskQuery, filters=task_filters
@@ -49,6 +60,21 @@ async def create_task(request: Request) -> Response:
     return accepted(record, _status_url(record.job_id))
 
 
+@operation(summary="Create up to 100 tasks (in the background), all or none", tag="tasks", body=TaskBatchCreate,
+           response=JobsAccepted, status=202, errors=(422, 429), headers=("IdempotencyKey",),
+           location=False)  # fmt: skip
+async def create_tasks(request: Request) -> Response:
+    """One job per task, in order; the batch's Idempotency-Key names job i `{key's job id}-{i}`."""
+    token_subject(request)
+    data = await parse_body(request, TaskBatchCreate)  # every item valid, or a 422 naming the bad ones
+    caller = await submitter(request, jobs=len(data.tasks))
+    batch_id = task_job_id(caller.user_id, request.headers.get("idempotency-key"))
+    args = [{"owner_id": caller.user_id, **task.model_dump(mode="json")} for task in data.tasks]
+    records = await submit_all(request, caller, name="process_new_task", args=args, batch_id=batch_id)
+    jobs = [JobAccepted(job_id=record.job_id, status_url=_status_url(record.job_id)) for record in records]
+    return respond(JobsAccepted(jobs=jobs), 202)
+
+
 @operation(summary="Email yourself a reminder of a task", tag="tasks", response=JobAccepted, status=202,
            errors=(403, 404, 429))  # fmt: skip
 async def remind(request: Request) -> Response:
@@ -78,13 +104,15 @@ async def occurrences(request: Request) -> Response:
     return respond(found)
 
 
-@operation(summary="The status of a background job of yours", tag="tasks", response=JobStatus, errors=(404,))
+@operation(summary="The status of a background job of yours", tag="tasks", response=JobStatus, errors=(404,),
+           etag=True)  # fmt: skip
 async def background_status(request: Request) -> Response:
-    return respond((await own_job(request, await current_user(request))).status())
+    return respond_tagged(request, (await own_job(request, await current_user(request))).status())
 
 
 routes = [
     Route("/tasks", create_task, methods=["POST"]),
+    Route("/tasks/batch", create_tasks, methods=["POST"]),
     *endpoints.routes("/tasks"),
     Route("/tasks/{id:id}/remind", remind, methods=["POST"]),
     Route("/tasks/{id:id}/occurrences", occurrences, methods=["GET"]),

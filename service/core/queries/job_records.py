@@ -133,7 +133,7 @@ RETURNING jobs.*
 # version is left out too unless that owner is active and of that version (the request's token is not
 # older than their last password change): the check a separate read of the user made before, here in
 # the same statement.
-_ACCEPT_MANY = f"""
+_ACCEPTABLE = f"""
 WITH incoming AS (
     SELECT i.*, row_number() OVER (PARTITION BY i.owner_id, i.queue_name ORDER BY i.ord) AS nth
     FROM unnest(
@@ -152,19 +152,36 @@ active AS (  -- counted up to the cap only: the count costs no more than the cap
     ) AS n
     FROM (SELECT DISTINCT owner_id, queue_name FROM incoming WHERE owner_id IS NOT NULL) AS p
     JOIN caps AS c USING (queue_name)
+),
+acceptable AS (
+    SELECT i.* FROM incoming i
+    LEFT JOIN caps c ON c.queue_name = i.queue_name
+    LEFT JOIN active a ON a.owner_id = i.owner_id AND a.queue_name = i.queue_name
+    LEFT JOIN users u ON u.id = i.owner_id AND i.owner_version IS NOT NULL
+    WHERE (i.owner_id IS NULL OR c.cap IS NULL OR coalesce(a.n, 0) + i.nth <= c.cap)
+        AND (i.owner_version IS NULL OR (u.is_active AND u.token_version = i.owner_version))
 )
 INSERT INTO jobs (job_id, name, queue_name, owner_id, args, request_id, trace_context)
-SELECT i.job_id, i.name, i.queue_name, i.owner_id, i.args, i.request_id, i.trace_context
-FROM incoming i
-LEFT JOIN caps c ON c.queue_name = i.queue_name
-LEFT JOIN active a ON a.owner_id = i.owner_id AND a.queue_name = i.queue_name
-LEFT JOIN users u ON u.id = i.owner_id AND i.owner_version IS NOT NULL
-WHERE (i.owner_id IS NULL OR c.cap IS NULL OR coalesce(a.n, 0) + i.nth <= c.cap)
-    AND (i.owner_version IS NULL OR (u.is_active AND u.token_version = i.owner_version))
-ORDER BY i.ord
+SELECT job_id, name, queue_name, owner_id, args, request_id, trace_context FROM acceptable
+"""
+_ACCEPT_MANY = (
+    _ACCEPTABLE
+    + """
+ORDER BY ord
 ON CONFLICT (job_id) DO NOTHING
 RETURNING jobs.*
 """
+)
+# All or none: nothing unless every row is acceptable, and a known job id fails the whole statement
+# (a unique violation) instead of being left out.
+_ACCEPT_ALL = (
+    _ACCEPTABLE
+    + """
+WHERE (SELECT count(*) FROM acceptable) = (SELECT count(*) FROM incoming)
+ORDER BY ord
+RETURNING jobs.*
+"""
+)
 _JSON_COLUMNS = frozenset({"args", "progress", "result", "error"})
 
 
@@ -181,10 +198,24 @@ async def accept_many(
     the rows it created, by job id. Left out: a job id known already, a job past its owner's cap of
     active jobs on its queue (caps: queue name -> cap), and one whose `owner_version` (the token version
     it was submitted with, if any) is not its active owner's."""
-    caps = caps or {}
+    return await _accept(db, _ACCEPT_MANY, accepted, caps or {})
+
+
+async def accept_all(
+    db: Database, accepted: list[dict[str, Any]], caps: Mapping[str, int] | None = None
+) -> dict[str, JobRecord]:
+    """`accept_many`, all or none, in one statement: every job's row, or none (empty) when one of them
+    would be left out for its cap or its owner. A job id known already raises asyncpg's
+    UniqueViolationError, and nothing is written."""
+    return await _accept(db, _ACCEPT_ALL, accepted, caps or {})
+
+
+async def _accept(
+    db: Database, sql: str, accepted: list[dict[str, Any]], caps: Mapping[str, int]
+) -> dict[str, JobRecord]:
     return await _many(
         db,
-        _ACCEPT_MANY,
+        sql,
         *([job[column] for job in accepted] for column in ("job_id", "name", "queue_name", "owner_id")),
         [orjson.dumps(job["args"]).decode() for job in accepted],
         [job["request_id"] for job in accepted],
@@ -193,6 +224,12 @@ async def accept_many(
         list(caps.values()),
         [job.get("owner_version") for job in accepted],
     )
+
+
+async def get_many(db: Database, *, job_ids: list[str]) -> dict[str, JobRecord]:
+    """The jobs of these ids that exist, by job id, in one statement."""
+    rows = await db.fetch_all(jobs.select().where(jobs.c.job_id.in_(job_ids)))
+    return {record.job_id: record for record in map(_record, rows)}
 
 
 async def start_many(db: Database, started: list[dict[str, Any]]) -> dict[str, JobRecord]:
